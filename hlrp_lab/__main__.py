@@ -1,0 +1,3 @@
+from hlrp_lab.cli.main import app
+
+app()
