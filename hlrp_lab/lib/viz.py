@@ -1,0 +1,76 @@
+"""Metric curves as a static PNG (matplotlib) and an interactive HTML page (plotly), from the same data."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import plotly.graph_objects as go
+
+PALETTE = plt.get_cmap("tab10").colors
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line; ``std`` draws a band of mean ± std around it."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    std: np.ndarray | None = None
+
+
+def save_plot(curves: list[Curve], stem: Path, title: str, x_label: str, y_label: str) -> list[Path]:
+    """Write ``stem.png`` and ``stem.html``; return both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, html = stem.with_suffix(".png"), stem.with_suffix(".html")
+    save_png(curves, png, title, x_label, y_label)
+    plotly_figure(curves, title, x_label, y_label).write_html(html, include_plotlyjs="cdn")
+    return [png, html]
+
+
+def save_png(curves: list[Curve], path: Path, title: str, x_label: str, y_label: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for i, curve in enumerate(curves):
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(curve.x, curve.y, label=curve.label, color=color, linewidth=1.6)
+        if curve.std is not None:
+            ax.fill_between(curve.x, curve.y - curve.std, curve.y + curve.std, color=color, alpha=0.2)
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plotly_figure(curves: list[Curve], title: str, x_label: str, y_label: str) -> go.Figure:
+    """One line trace per curve, plus one filled band trace for each curve with a std."""
+    fig = go.Figure()
+    for i, curve in enumerate(curves):
+        r, g, b = (int(255 * c) for c in PALETTE[i % len(PALETTE)])
+        if curve.std is not None:
+            band_x = np.concatenate([curve.x, curve.x[::-1]])
+            band_y = np.concatenate([curve.y + curve.std, (curve.y - curve.std)[::-1]])
+            fig.add_trace(
+                go.Scatter(
+                    x=band_x,
+                    y=band_y,
+                    fill="toself",
+                    fillcolor=f"rgba({r},{g},{b},0.2)",
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    name=f"{curve.label} ± std",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=curve.x, y=curve.y, mode="lines", name=curve.label, line={"color": f"rgb({r},{g},{b})"}
+            )
+        )
+    fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, template="plotly_white")
+    return fig
