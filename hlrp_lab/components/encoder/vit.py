@@ -1,0 +1,83 @@
+"""Spatio-temporal ViT encoder: patches of both frames attend jointly; learned queries read out the action."""
+
+from typing import Any, Self
+
+import torch
+from einops import rearrange
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from torch import Tensor, nn
+
+from hlrp_lab.components.registry import ENCODERS
+
+
+def patch_grid(image_size: int, patch_size: int) -> int:
+    """Patches per image side; a ValueError when ``patch_size`` does not divide ``image_size``."""
+    if image_size % patch_size:
+        raise ValueError(f"patch_size {patch_size} must divide image_size {image_size}")
+    return image_size // patch_size
+
+
+def learned_embedding(*shape: int) -> nn.Parameter:
+    return nn.Parameter(nn.init.trunc_normal_(torch.empty(*shape), std=0.02))
+
+
+@ENCODERS.register
+class ViTEncoder(nn.Module):
+    """(frame t, frame t+k) -> ``num_tokens`` latent action tokens of size ``out_dim``."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        patch_size: PositiveInt = Field(
+            8, description="Side of the square image patches; must divide image_size."
+        )
+        dim: PositiveInt = Field(128, description="Transformer width; must be divisible by heads.")
+        depth: PositiveInt = Field(2, description="Number of transformer layers.")
+        heads: PositiveInt = Field(4, description="Attention heads per layer.")
+        mlp_ratio: float = Field(
+            4.0, gt=0, description="Hidden size of each MLP block, as a multiple of dim."
+        )
+        dropout: float = Field(0.0, ge=0, lt=1, description="Dropout inside the transformer layers.")
+
+        @model_validator(mode="after")
+        def check_heads(self) -> Self:
+            if self.dim % self.heads:
+                raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+            return self
+
+        def layer_kwargs(self) -> dict[str, Any]:
+            """Keyword arguments of a pre-norm GELU torch transformer layer of this size."""
+            return {
+                "d_model": self.dim,
+                "nhead": self.heads,
+                "dim_feedforward": round(self.dim * self.mlp_ratio),
+                "dropout": self.dropout,
+                "activation": "gelu",
+                "batch_first": True,
+                "norm_first": True,
+            }
+
+    def __init__(self, config: Config, *, image_size: int, channels: int, num_tokens: int, out_dim: int):
+        super().__init__()
+        num_patches = patch_grid(image_size, config.patch_size) ** 2
+        self.num_tokens = num_tokens
+        self.patch_embed = nn.Conv2d(channels, config.dim, config.patch_size, stride=config.patch_size)
+        self.change_embed = nn.Conv2d(channels, config.dim, config.patch_size, stride=config.patch_size)
+        self.position = learned_embedding(1, num_patches, config.dim)
+        self.time = learned_embedding(2, 1, config.dim)  # frame t, frame t+k
+        self.queries = learned_embedding(1, num_tokens, config.dim)
+        layer = nn.TransformerEncoderLayer(**config.layer_kwargs())
+        self.transformer = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, out_dim)
+
+    def forward(self, frame_t: Tensor, frame_tk: Tensor) -> Tensor:
+        """Two (B, C, H, W) frames -> (B, num_tokens, out_dim)."""
+        patches = self.patch_embed(torch.cat([frame_t, frame_tk])).flatten(2).transpose(1, 2) + self.position
+        patches = rearrange(patches, "(t b) n d -> b t n d", t=2) + self.time
+        change = self.change_embed(frame_tk - frame_t).flatten(2).transpose(1, 2)
+        patches = torch.stack([patches[:, 0], patches[:, 1] + change], dim=1)
+        queries = self.queries.expand(frame_t.shape[0], -1, -1)
+        tokens = torch.cat([queries, rearrange(patches, "b t n d -> b (t n) d")], dim=1)
+        actions = self.transformer(tokens)[:, : self.num_tokens]
+        return self.head(self.norm(actions))
