@@ -1,0 +1,46 @@
+"""Deep spec validation: the framework keys, every component block against its class's Config, and a
+dry build of the model on the meta device (no memory, no data) so size mismatches fail before a run."""
+
+import torch
+
+from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry, validate_model
+from hlrp_lab.experiment.optim import optimizer_kwargs
+from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.spec.schema import Spec
+
+
+def check_spec(spec: dict) -> dict:
+    """Validate ``spec`` and return it with every default filled in (what a run saves)."""
+    checked = validate_model(Spec, spec, "").model_dump()
+    stage_cls = STAGES.get(checked["stage"], "stage")
+    checked["model"] = check_components(checked["model"], stage_cls.families, checked["stage"])
+    checked["data"]["source"] = check_block(DATA_SOURCES, checked["data"]["source"], "data.source")
+    optimizer_kwargs(checked["optim"])
+    try:
+        with torch.device("meta"):
+            stage_cls.build_model(checked)
+    except ValueError as err:
+        raise SpecError(f"model: {err}") from None
+    return checked
+
+
+def check_components(model: dict, families: dict[str, Registry], stage: str) -> dict:
+    """Each family the stage needs, validated by the registry of that family."""
+    for key in model:
+        if key not in families:
+            raise SpecError(
+                f"model.{key}: stage {stage!r} has no such component; expected: {', '.join(families)}"
+            )
+    checked = {}
+    for family, registry in families.items():
+        if family not in model:
+            raise SpecError(
+                f"model.{family}: required by stage {stage!r}; one of: {', '.join(registry.names())}"
+            )
+        checked[family] = check_block(registry, model[family], f"model.{family}")
+    return checked
+
+
+def check_block(registry: Registry, block: dict, key: str) -> dict:
+    config = registry.config(block, key)
+    return {"name": block["name"], **config.model_dump()}

@@ -1,0 +1,93 @@
+"""The spec-key reference of docs/SPECS.md, generated from the pydantic models so it never drifts."""
+
+import json
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from hlrp_lab.components.registry import DATA_SOURCES, DECODERS, ENCODERS, QUANTIZERS, STAGES, Registry
+from hlrp_lab.spec.schema import SECTIONS, Spec
+
+START, END = "<!-- spec-keys:start -->", "<!-- spec-keys:end -->"
+BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def type_name(annotation: Any) -> str:
+    """``int``, ``float \\| null``, ``list[int]``, ``one of "auto", "fp32"`` for a type annotation."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return type_name(args[0])
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in args)
+    if origin in (Union, UnionType):
+        return " \\| ".join(type_name(arg) for arg in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(type_name(arg) for arg in args)}]"
+    return "null" if annotation is type(None) else annotation.__name__
+
+
+def type_text(field: FieldInfo) -> str:
+    bounds = [
+        f"{op} {getattr(m, key)}" for m in field.metadata for key, op in BOUNDS.items() if hasattr(m, key)
+    ]
+    return " ".join([type_name(field.annotation), *bounds])
+
+
+def default_text(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return f"`{json.dumps(field.default_factory())}`"
+    if field.default is PydanticUndefined:
+        return "required"
+    return f"`{json.dumps(field.default)}`"
+
+
+def table(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = ()) -> str:
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        rows.append(
+            f"| `{prefix}{name}` | {type_text(field)} | {default_text(field)} | {field.description or ''} |"
+        )
+    return "\n".join(rows)
+
+
+def registry_tables(registry: Registry, key: str) -> list[str]:
+    parts = []
+    for name in registry.names():
+        cls: Any = registry.get(name, key)
+        parts.append(f"### `{key}`: `{name}`\n\n{(cls.__doc__ or '').strip().splitlines()[0]}\n")
+        parts.append(table(cls.Config, f"{key}.") if cls.Config.model_fields else "No keys besides `name`.")
+    return parts
+
+
+def spec_keys_markdown() -> str:
+    """Markdown tables of every spec key: the framework sections, then each registered class's keys."""
+    parts = ["## Top level", table(Spec, "", skip=tuple(SECTIONS))]
+    for section, model in SECTIONS.items():
+        parts += [f"## `{section}`", (model.__doc__ or "").strip(), table(model, f"{section}.")]
+    parts.append(f"## Stages\n\n`stage` is one of: {', '.join(f'`{n}`' for n in STAGES.names())}.")
+    parts.append("## Data sources")
+    parts += registry_tables(DATA_SOURCES, "data.source")
+    parts.append("## Components")
+    for registry, key in (
+        (ENCODERS, "model.encoder"),
+        (QUANTIZERS, "model.quantizer"),
+        (DECODERS, "model.decoder"),
+    ):
+        parts += registry_tables(registry, key)
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def update_specs_doc(path: Path) -> bool:
+    """Rewrite the generated block of ``path``; return whether it changed."""
+    text = path.read_text()
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    updated = f"{head}{START}\n{spec_keys_markdown()}{END}{tail}"
+    path.write_text(updated)
+    return updated != text

@@ -1,0 +1,91 @@
+"""The framework's spec keys: types, defaults and meaning (docs/SPECS.md is checked against these).
+
+Component blocks (``model.*``, ``data.source``) are validated by the Config of the class they name.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Strict):
+    source: dict[str, Any] = Field(
+        default_factory=lambda: {"name": "procedural"},
+        description='Where episodes come from: {"name": <registered data source>, ...its keys}.',
+    )
+    image_size: PositiveInt = Field(64, description="Frames are square, image_size x image_size pixels.")
+    frame_offset: PositiveInt = Field(1, description="k in the frame pair (t, t+k).")
+    batch_size: PositiveInt = Field(32, description="Frame pairs per training micro-batch.")
+    val_split: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of episodes held out for evaluation (split by episode)."
+    )
+    val_pairs: PositiveInt = Field(256, description="Held-out frame pairs scored at each evaluation.")
+    cache_dir: str = Field("data/cache", description="Where generated shards are written and reused.")
+
+
+class OptimSpec(BaseModel):
+    """Extra keys (betas, eps, momentum, ...) go to the torch.optim class as keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field("AdamW", description="Any torch.optim optimizer class name.")
+    lr: PositiveFloat = Field(3e-4, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    warmup_steps: NonNegativeInt = Field(0, description="Linear warmup from ~0 to lr over this many steps.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Cosine decay after warmup ends at lr * min_lr_ratio at max_step."
+    )
+
+
+class TrainSpec(Strict):
+    max_step: PositiveInt = Field(1000, description="Optimizer steps per session.")
+    log_frequency: PositiveInt = Field(50, description="Steps between training-metric log rows.")
+    eval_frequency: PositiveInt = Field(
+        500, description="Steps between evaluations; each writes the `last` (and maybe `best`) checkpoint."
+    )
+    grad_clip: PositiveFloat | None = Field(1.0, description="Max global gradient norm; null disables.")
+    grad_accum: PositiveInt = Field(1, description="Micro-batches accumulated per optimizer step.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    dev_max_step: PositiveInt = Field(300, description="`dev` mode caps max_step at this value.")
+
+
+class MetaSpec(Strict):
+    max_session: PositiveInt = Field(1, description="Sessions (seeds) per trial, run in parallel processes.")
+    max_trial: PositiveInt = Field(1, description="Trials an experiment samples (search mode).")
+    random_seed: int | None = Field(
+        None, description="Base seed; session s of trial t uses seed + 1000 * t + s. null: drawn and saved."
+    )
+    # Set by the lab when a run starts and recorded in the saved spec.
+    spec_name: str | None = Field(None, description="Set by the lab: the spec's name.")
+    spec_file: str | None = Field(None, description="Set by the lab: the file the spec came from.")
+    mode: str | None = Field(None, description="Set by the lab: dev, train, eval or search.")
+    variables: dict[str, Any] = Field(default_factory=dict, description="Set by the lab: the -s values.")
+    run_dir: str | None = Field(None, description="Set by the lab: data/{spec_name}_{timestamp}.")
+    experiment_ts: str | None = Field(None, description="Set by the lab: the run's start time.")
+    git_sha: str | None = Field(None, description="Set by the lab: the lab's git commit, if any.")
+    trial: NonNegativeInt = Field(0, description="Set by the lab: the trial index.")
+    session: NonNegativeInt = Field(0, description="Set by the lab: the session index.")
+
+
+class Spec(Strict):
+    stage: str = Field(description="Which stage trains: laq.")
+    data: DataSpec = Field(default_factory=DataSpec, description="The data block.")
+    model: dict[str, Any] = Field(description="The stage's components, one block per family.")
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and learning-rate schedule.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
+    meta: MetaSpec = Field(default_factory=MetaSpec, description="Sessions, trials, seeds, run bookkeeping.")
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "data": DataSpec,
+    "optim": OptimSpec,
+    "train": TrainSpec,
+    "meta": MetaSpec,
+}
