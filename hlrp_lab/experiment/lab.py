@@ -1,0 +1,99 @@
+"""What ``hlrp-lab run`` does for each mode: resolve and check the spec, make the run directory, run."""
+
+import re
+import secrets
+from pathlib import Path
+
+import pydash
+from loguru import logger
+
+from hlrp_lab.experiment.control import Trial
+from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.logger import setup_logger
+from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
+from hlrp_lab.spec.check import check_spec
+from hlrp_lab.spec.spec_util import (
+    Mode,
+    apply_overrides,
+    override_mode,
+    read_spec_file,
+    resolve_spec,
+    select_spec,
+)
+
+DATA_ROOT = Path("data")
+
+
+def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict) -> Path:
+    """Run ``spec_name`` in ``mode``; return the run directory."""
+    if mode.name == "search":
+        raise SpecError("mode 'search': hyperparameter search is not available in this version yet")
+    if mode.name == "eval":
+        return evaluate_run(mode.run_dir or latest_run_dir(spec_name), spec_name)
+    if mode.resume:
+        return resume_run(mode.run_dir, spec_name, sets)
+    spec = override_mode(check_spec(resolve_spec(spec_file, spec_name, sets)), mode.name)
+    ts = timestamp()
+    run_dir = make_run_dir(DATA_ROOT, spec_name, ts)
+    meta = spec["meta"]
+    meta.update(spec_name=spec_name, spec_file=str(spec_file), mode=mode.name, run_dir=str(run_dir))
+    meta.update(experiment_ts=ts, git_sha=git_sha())
+    if meta["random_seed"] is None:
+        meta["random_seed"] = secrets.randbelow(2**31)
+    write_json(saved_spec_path(run_dir, spec_name), {spec_name: spec})
+    setup_logger(run_dir / "log" / f"{spec_name}.log")
+    logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
+    Trial(spec).run()
+    return run_dir
+
+
+def saved_spec_path(run_dir: Path, spec_name: str) -> Path:
+    return run_dir / "info" / f"{spec_name}_spec.json"
+
+
+def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) -> dict:
+    """The spec a run saved, re-checked, pointing at ``run_dir`` wherever it now lives."""
+    path = saved_spec_path(run_dir, spec_name)
+    if not path.is_file():
+        raise SpecError(f"{run_dir}: no saved spec {path.name}; is this a run directory of {spec_name!r}?")
+    spec = select_spec(read_spec_file(path), spec_name, path)
+    spec = check_spec(apply_overrides(spec, overrides or {}))
+    spec["meta"]["run_dir"] = str(run_dir)
+    return spec
+
+
+def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
+    """``train@RUN_DIR``: continue every session from its `last` checkpoint (dotted -s keys may override)."""
+    plain = [key for key in sets if "." not in key]
+    if plain:
+        raise SpecError(f"-s {plain[0]}: a resumed run uses its saved spec; only dotted keys can override it")
+    spec = load_run_spec(run_dir, spec_name, sets)
+    if sets:
+        pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
+        write_json(saved_spec_path(run_dir, spec_name), {spec_name: spec})
+    setup_logger(run_dir / "log" / f"{spec_name}.log")
+    logger.info(f"{spec_name}: resuming {run_dir}")
+    Trial(spec).run()
+    return run_dir
+
+
+def evaluate_run(run_dir: Path, spec_name: str) -> Path:
+    """``eval``: evaluate the best checkpoint of every session of a run."""
+    spec = load_run_spec(run_dir, spec_name)
+    setup_logger(run_dir / "log" / f"{spec_name}.log")
+    logger.info(f"{spec_name} eval: best checkpoints of {run_dir}")
+    Trial(spec).evaluate()
+    return run_dir
+
+
+def latest_run_dir(spec_name: str, root: Path = DATA_ROOT) -> Path:
+    """The newest ``{spec_name}_{timestamp}`` directory under ``root``."""
+    pattern = re.compile(rf"{re.escape(spec_name)}_(\d{{4}}_\d{{2}}_\d{{2}}_\d{{6}})(?:_(\d+))?")
+    runs = []
+    for path in root.glob(f"{spec_name}_*"):
+        match = pattern.fullmatch(path.name)
+        if match and saved_spec_path(path, spec_name).is_file():
+            runs.append((match.group(1), int(match.group(2) or 0), path))
+    if not runs:
+        raise SpecError(f"no run of {spec_name!r} under {root}/; train one first or pass eval@RUN_DIR")
+    return max(runs)[2]

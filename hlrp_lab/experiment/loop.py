@@ -1,0 +1,186 @@
+"""The stage-agnostic training loop: steps, logging, evaluation, checkpoints, resume."""
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from loguru import logger
+from tqdm import tqdm
+
+from hlrp_lab.experiment.checkpoint import Checkpoints
+from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
+from hlrp_lab.lib.errors import NonFiniteLossError
+from hlrp_lab.stages.base import Stage
+
+EvalCallback = Callable[[int, dict[str, float]], None]
+
+
+class Loop:
+    """Train ``stage`` for ``train.max_step`` optimizer steps; resume from the `last` checkpoint if any."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        spec: dict,
+        checkpoints: Checkpoints,
+        on_eval: list[EvalCallback] | None = None,
+    ):
+        self.stage = stage
+        self.train = spec["train"]
+        self.checkpoints = checkpoints
+        self.on_eval = on_eval or []
+        self.params = [p for p in stage.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, spec["optim"])
+        self.scheduler = build_scheduler(self.optimizer, spec["optim"], self.train["max_step"])
+        self.device = next(stage.model.parameters()).device
+        self.step = 0
+        self.best: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.train_time = 0.0
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.window_steps = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.train["precision"]
+        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def run(self) -> dict[str, float]:
+        """Train to max_step and return the final metrics (last evaluation plus run statistics)."""
+        if self.checkpoints.exists("last"):
+            self.restore()
+        max_step = self.train["max_step"]
+        self.stage.model.train()
+        progress = tqdm(
+            total=max_step,
+            initial=self.step,
+            desc=self.checkpoints.prefix,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        with progress:
+            while self.step < max_step:
+                started = time.perf_counter()
+                self.optimizer_step()
+                self.train_time += time.perf_counter() - started
+                progress.update(1)
+                self.after_step(progress)
+        return self.final_metrics()
+
+    def optimizer_step(self) -> None:
+        accum = self.train["grad_accum"]
+        for micro in range(accum):
+            batch = self.stage.train_batch(self.step * accum + micro)
+            with self.autocast():
+                loss, logs = self.stage.train_step(batch)
+            (loss / accum).backward()
+            self.accumulate({"loss": loss.detach(), **logs}, weight=1 / accum)
+        if self.train["grad_clip"] is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train["grad_clip"])
+            self.accumulate({"grad_norm": grad_norm.detach()}, weight=1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.window_steps += 1
+        finite = torch.isfinite(self.sums["loss"])
+        self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), self.step, self.first_bad_step)
+
+    def accumulate(self, logs: dict[str, torch.Tensor], weight: float) -> None:
+        """Sum scalars on the device; they are read (one sync) only when a row is logged."""
+        for key, value in logs.items():
+            value = value.float() * weight
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def after_step(self, progress: tqdm) -> None:
+        step, max_step = self.step, self.train["max_step"]
+        do_log = step % self.train["log_frequency"] == 0 or step == max_step
+        do_eval = step % self.train["eval_frequency"] == 0 or step == max_step
+        if not (do_log or do_eval):
+            return
+        row = self.train_row()
+        if do_eval:
+            row.update(self.evaluate())
+        self.history.append(row)
+        progress.set_postfix(
+            loss=f"{row['loss']:.4g}", steps_per_s=f"{row['steps_per_s']:.1f}", refresh=False
+        )
+        if do_eval:
+            self.save_checkpoints(row)
+            logger.info(f"{self.checkpoints.prefix} step {step}: {format_metrics(row)}")
+            for callback in self.on_eval:
+                callback(step, row)
+
+    def train_row(self) -> dict[str, float]:
+        """Mean training scalars since the last row; raises if any step in the window had a non-finite loss."""
+        bad = int(self.first_bad_step.item())
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"{self.checkpoints.prefix}: loss is not finite at step {bad}; "
+                f"the last good checkpoint is {self.checkpoints.weights_path('last')}"
+            )
+        row = {"step": float(self.step), "lr": self.scheduler.get_last_lr()[0]}
+        row.update({k: (v / self.window_steps).item() for k, v in self.sums.items()})
+        row["steps_per_s"] = self.step / self.train_time if self.train_time > 0 else 0.0
+        self.sums, self.window_steps = {}, 0
+        return row
+
+    def evaluate(self) -> dict[str, float]:
+        self.stage.model.eval()
+        with torch.no_grad(), self.autocast():
+            metrics = self.stage.evaluate()
+        self.stage.model.train()
+        return metrics
+
+    def improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.stage.metric_mode == "max" else value < self.best
+
+    def save_checkpoints(self, row: dict[str, float]) -> None:
+        value = row[self.stage.metric]
+        if self.improved(value):
+            self.best = value
+            self.checkpoints.save("best", self.stage.model, {"step": self.step, "metrics": row})
+        self.checkpoints.save("last", self.stage.model, self.training_state())
+
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "best": self.best,
+            "history": self.history,
+            "train_time": self.train_time,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def restore(self) -> None:
+        state = self.checkpoints.load("last", self.stage.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step, self.best = state["step"], state["best"]
+        self.history, self.train_time = state["history"], state["train_time"]
+        logger.info(f"{self.checkpoints.prefix}: resumed from step {self.step}")
+
+    def final_metrics(self) -> dict[str, float]:
+        last_eval = next(row for row in reversed(self.history) if self.stage.metric in row)
+        return {**last_eval, "best": self.best, "train_time": self.train_time}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """SLM-Lab style ``key:value | key:value``."""
+    return " | ".join(f"{k}:{v:.4g}" if isinstance(v, float) else f"{k}:{v}" for k, v in metrics.items())

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny but real LAQ spec whose procedural shards are generated once per test session."""
+
+from pathlib import Path
+
+import pytest
+
+from hlrp_lab.spec.check import check_spec
+
+
+def tiny_spec_dict(cache_dir: Path) -> dict:
+    return {
+        "stage": "laq",
+        "data": {
+            "source": {
+                "name": "procedural",
+                "episodes": 12,
+                "episode_length": 8,
+                "num_objects": 2,
+                "seed": 1,
+            },
+            "image_size": 32,
+            "batch_size": 8,
+            "val_split": 0.25,
+            "val_pairs": 32,
+            "cache_dir": str(cache_dir),
+        },
+        "model": {
+            "encoder": {"name": "CNNEncoder", "channels": [16, 32]},
+            "quantizer": {"name": "VectorQuantizer", "codebook_size": 4, "code_dim": 8, "num_tokens": 2},
+            "decoder": {"name": "ViTDecoder", "patch_size": 8, "dim": 32, "depth": 1, "heads": 2},
+        },
+        "optim": {"name": "AdamW", "lr": 1e-3, "warmup_steps": 2},
+        "train": {"max_step": 12, "log_frequency": 3, "eval_frequency": 6},
+        "meta": {"max_session": 1, "random_seed": 7},
+    }
+
+
+@pytest.fixture(scope="session")
+def shard_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_spec(shard_cache) -> dict:
+    """A valid LAQ spec that trains in about a second on CPU."""
+    return check_spec(tiny_spec_dict(shard_cache))
