@@ -1,0 +1,132 @@
+"""The ``hlrp-lab`` (alias ``slm-style``) command line.
+
+Commands import torch-heavy modules inside their bodies, so ``--help`` and the orchestration commands
+start fast and work in the orchestration-only install.
+"""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hlrp_lab.lib.errors import RunError, SpecError
+
+app = typer.Typer(
+    help="hlrp-lab: spec-driven experiments for latent action models (LAQ -> VLA -> finetuning).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+spec_app = typer.Typer(help="Show and check specs.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "-s",
+        "--set",
+        help="KEY=VALUE: fill ${KEY} in the spec, or override a dotted key (train.max_step=100). Repeatable.",
+    ),
+]
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Known user errors become one line on stderr: exit 2 for a bad spec, 1 for a failed run."""
+    try:
+        yield
+    except SpecError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except RunError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="JSON spec file, e.g. specs/laq.json")],
+    spec_name: Annotated[str, typer.Argument(help="Name of a spec in that file, e.g. laq_debug")],
+    mode: Annotated[
+        str, typer.Argument(help="dev | train | eval | search | train@RUN_DIR (resume) | eval@RUN_DIR")
+    ] = "dev",
+    sets: SetOption = None,
+) -> None:
+    """Run a spec: writes everything under data/{spec_name}_{timestamp}/."""
+    from hlrp_lab.spec.spec_util import parse_mode, parse_sets
+
+    with cli_errors():
+        lab_mode, values = parse_mode(mode), parse_sets(sets or [])
+        from hlrp_lab.experiment.lab import run_lab
+
+        run_dir = run_lab(spec_file, spec_name, lab_mode, values)
+    typer.echo(f"run directory: {run_dir}")
+
+
+@spec_app.command("show")
+def spec_show(
+    spec_file: Annotated[Path, typer.Argument(help="JSON spec file")],
+    spec_name: Annotated[str, typer.Argument(help="Spec name in that file")],
+    sets: SetOption = None,
+) -> None:
+    """Print the resolved spec, with every default filled in."""
+    from hlrp_lab.spec.spec_util import parse_sets, resolve_spec
+
+    with cli_errors():
+        from hlrp_lab.spec.check import check_spec
+
+        spec = check_spec(resolve_spec(spec_file, spec_name, parse_sets(sets or [])))
+    typer.echo(json.dumps(spec, indent=2))
+
+
+@spec_app.command("check")
+def spec_check(
+    spec_files: Annotated[
+        list[Path] | None, typer.Argument(help="Spec files (default: specs/*.json)")
+    ] = None,
+) -> None:
+    """Validate every spec in the given files; keys holding an unset ${var} are checked at run time."""
+    from hlrp_lab.spec.check import check_spec
+    from hlrp_lab.spec.spec_util import drop_placeholders, read_spec_file, spec_variables
+
+    files = spec_files or sorted(Path("specs").glob("*.json"))
+    if not files:
+        typer.echo("error: no spec files given and none under specs/", err=True)
+        raise typer.Exit(2)
+    failures = 0
+    for spec_file in files:
+        try:
+            specs = read_spec_file(spec_file)
+        except SpecError as err:
+            typer.echo(f"FAIL {err}")
+            failures += 1
+            continue
+        for name, spec in specs.items():
+            try:
+                check_spec(drop_placeholders(spec))
+            except SpecError as err:
+                typer.echo(f"FAIL {spec_file} {name}: {err}")
+                failures += 1
+                continue
+            needs = " ".join(f"-s {v}=..." for v in sorted(spec_variables(spec)))
+            typer.echo(f"ok   {spec_file} {name}" + (f"  (needs {needs})" if needs else ""))
+    if failures:
+        raise typer.Exit(2)
+
+
+@spec_app.command("keys")
+def spec_keys(
+    update: Annotated[
+        Path | None, typer.Option(help="Rewrite the generated block of this file instead")
+    ] = None,
+) -> None:
+    """Print every spec key (type, default, meaning) as Markdown: the reference of docs/SPECS.md."""
+    from hlrp_lab.spec.docs import spec_keys_markdown, update_specs_doc
+
+    if update is None:
+        typer.echo(spec_keys_markdown())
+    elif update_specs_doc(update):
+        typer.echo(f"updated {update}")
