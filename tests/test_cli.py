@@ -145,3 +145,17 @@ def test_specs_doc_is_in_sync_with_the_code():
     doc = (ROOT / "docs" / "SPECS.md").read_text()
     generated = doc.split(START)[1].split(END)[0]
     assert generated.strip() == spec_keys_markdown().strip(), "run: hlrp-lab spec keys --update docs/SPECS.md"
+
+
+def test_training_without_ml_install_names_the_fix(tmp_path):
+    """In the orchestration-only install (no torch), `run` says which install is missing, exit 2."""
+    code = (
+        "import sys; sys.modules['torch'] = None; from hlrp_lab.cli.main import app; "
+        f"app(['run', {str(LAQ_SPECS)!r}, 'laq_debug', 'dev'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, check=False, capture_output=True, text=True
+    )
+    assert out.returncode == 2, out.stderr
+    assert "needs 'torch'" in out.stderr and "uv sync" in out.stderr
+    assert not (tmp_path / "data").exists()

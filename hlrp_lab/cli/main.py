@@ -23,6 +23,8 @@ app = typer.Typer(
 spec_app = typer.Typer(help="Show and check specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 
+ML_MODULES = {"torch", "ray", "transformers", "webdataset", "safetensors", "vector_quantize_pytorch"}
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -44,6 +46,15 @@ def cli_errors() -> Iterator[None]:
     except RunError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    except ModuleNotFoundError as err:
+        if err.name not in ML_MODULES:
+            raise
+        typer.echo(
+            f"error: this command needs '{err.name}', which the orchestration-only install leaves out; "
+            "install the training dependencies with `uv sync` (default groups)",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -89,8 +100,10 @@ def spec_check(
     ] = None,
 ) -> None:
     """Validate every spec in the given files; keys holding an unset ${var} are checked at run time."""
-    from hlrp_lab.spec.check import check_spec
     from hlrp_lab.spec.spec_util import drop_placeholders, read_spec_file, spec_variables
+
+    with cli_errors():
+        from hlrp_lab.spec.check import check_spec
 
     files = spec_files or sorted(Path("specs").glob("*.json"))
     if not files:
@@ -124,7 +137,8 @@ def spec_keys(
     ] = None,
 ) -> None:
     """Print every spec key (type, default, meaning) as Markdown: the reference of docs/SPECS.md."""
-    from hlrp_lab.spec.docs import spec_keys_markdown, update_specs_doc
+    with cli_errors():
+        from hlrp_lab.spec.docs import spec_keys_markdown, update_specs_doc
 
     if update is None:
         typer.echo(spec_keys_markdown())
