@@ -26,6 +26,15 @@ def env() -> dict[str, str]:
     return {**os.environ, "TQDM_DISABLE": "1"}
 
 
+def run_lab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``hlrp-lab ARGS`` in a subprocess, asserting that it succeeded."""
+    out = subprocess.run(
+        lab_command(*args), cwd=cwd, check=False, capture_output=True, text=True, timeout=600, env=env()
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def only_run_dir(data: Path, name: str) -> Path:
     runs = [p for p in data.iterdir() if p.name.startswith(f"{name}_")]
     assert len(runs) == 1, runs
@@ -33,16 +42,7 @@ def only_run_dir(data: Path, name: str) -> Path:
 
 
 def test_readme_dev_run_beats_the_copy_baseline(tmp_path):
-    out = subprocess.run(
-        lab_command("run", str(ROOT / "specs" / "laq.json"), "laq_debug", "dev"),
-        cwd=tmp_path,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env(),
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_lab("run", str(ROOT / "specs" / "laq.json"), "laq_debug", "dev", cwd=tmp_path)
     assert "trial_metrics: " in out.stderr and "run directory: data/laq_debug_" in out.stdout
     run_dir = only_run_dir(tmp_path / "data", "laq_debug")
     for sub in ("info", "graph", "log", "model"):
@@ -50,9 +50,8 @@ def test_readme_dev_run_beats_the_copy_baseline(tmp_path):
     metrics = json.loads((run_dir / "info" / "laq_debug_t0_trial_metrics.json").read_text())["mean"]
     assert metrics["step"] == 300
     assert metrics["val_psnr"] > metrics["copy_psnr"] + 1.0, metrics
-    assert metrics["latent_gain"] > 0.2 and metrics["perplexity"] > 1.5, (
-        metrics
-    )  # the latent carries the change
+    # the latent carries the change
+    assert metrics["latent_gain"] > 0.2 and metrics["perplexity"] > 1.5, metrics
     assert (tmp_path / "data" / "cache").is_dir()  # the shards, reused by later runs
 
 
@@ -73,16 +72,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     spec_file = resume_spec(tmp_path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    done = subprocess.run(
-        lab_command("run", str(spec_file), "resume", "train"),
-        cwd=whole,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_lab("run", str(spec_file), "resume", "train", cwd=whole)
 
     proc = subprocess.Popen(
         lab_command("run", str(spec_file), "resume", "train"),
@@ -100,15 +90,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     run_dir = only_run_dir(killed / "data", "resume")
     assert not (run_dir / "info" / "resume_t0_trial_metrics.json").exists()
 
-    resumed = subprocess.run(
-        lab_command("run", str(spec_file), "resume", f"train@{run_dir}"),
-        cwd=killed,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env(),
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_lab("run", str(spec_file), "resume", f"train@{run_dir}", cwd=killed)
     assert "resumed from step" in resumed.stderr
     assert final_metrics(run_dir) == final_metrics(only_run_dir(whole / "data", "resume"))
