@@ -1,4 +1,4 @@
-"""One recorded episode: frames, the actions between them, and its instruction."""
+"""One recorded episode: frames, and where the source knows them, actions, proprio states and success."""
 
 from dataclasses import dataclass
 
@@ -7,8 +7,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Episode:
+    """A scene of ``T`` frames. ``actions[i]`` moves frame ``i`` to frame ``i + 1``.
+
+    Videos have no actions; simulator demonstrations have all fields.
+    """
+
     frames: np.ndarray  # uint8 (T, H, W, 3)
-    actions: np.ndarray  # float32 (T-1, A): action i moves frame i to frame i+1
     instruction: str
     task: str
     seed: int
+    actions: np.ndarray | None = None  # float32 (T-1, A)
+    states: np.ndarray | None = None  # float32 (T, S): proprioceptive state at each frame
+    success: np.ndarray | None = None  # bool (T,): task solved at each frame
+    scene: str | None = None  # episodes of one scene (clips of a video) stay on one side of the val split
