@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from hlrp_lab.components.registry import STAGES
-from hlrp_lab.data.pairs import FramePairs, batch_indices
+from hlrp_lab.data.pairs import FramePairs, batch_indices, to_float
 from hlrp_lab.data.sources.procedural import ProceduralConfig, generate_episodes
 from hlrp_lab.experiment.control import Session
 from hlrp_lab.lib.logger import setup_logger
@@ -32,8 +32,11 @@ NUM_BATCHES = 16
 def in_memory_batches(spec: dict) -> list[dict[str, torch.Tensor]]:
     data = spec["data"]
     episodes = list(generate_episodes(ProceduralConfig(episodes=32, episode_length=16), data["image_size"]))
-    pairs = FramePairs(episodes, data["frame_offset"])
-    return [pairs.batch(batch_indices(len(pairs), data["batch_size"], 0, i)) for i in range(NUM_BATCHES)]
+    pairs = FramePairs(episodes, data["offsets"])
+    return [
+        to_float(pairs.batch(batch_indices(len(pairs), data["batch_size"], 0, i)), torch.device("cpu"))
+        for i in range(NUM_BATCHES)
+    ]
 
 
 @STAGES.register_as("laq_in_memory")

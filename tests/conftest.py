@@ -20,6 +20,8 @@ def tiny_spec_dict(cache_dir: Path) -> dict:
             },
             "image_size": 32,
             "batch_size": 8,
+            "num_workers": 0,
+            "shuffle_buffer": 64,
             "val_split": 0.25,
             "val_pairs": 32,
             "cache_dir": str(cache_dir),

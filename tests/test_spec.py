@@ -8,7 +8,6 @@ import pytest
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
-    drop_placeholders,
     override_mode,
     parse_mode,
     parse_sets,
@@ -167,6 +166,13 @@ def test_parse_mode(tmp_path):
         parse_mode("dev@x")
 
 
-def test_drop_placeholders_keeps_the_rest():
-    spec = {"data": {"cache_dir": "${data_dir}", "image_size": 64}, "optim": {"lr": "${lr}"}}
-    assert drop_placeholders(spec) == {"data": {"image_size": 64}, "optim": {}}
+def test_check_unresolved_keeps_string_placeholders_and_defaults_the_rest():
+    from hlrp_lab.spec.check import check_unresolved
+
+    spec = base_spec()
+    spec["data"].update(cache_dir="${data_dir}", batch_size="${batch}")
+    checked = check_unresolved(spec)
+    assert checked["data"]["cache_dir"] == "${data_dir}" and checked["data"]["batch_size"] == 32
+    spec["data"]["image_size"] = "big"  # not a placeholder: still an error
+    with pytest.raises(SpecError, match="data.image_size"):
+        check_unresolved(spec)

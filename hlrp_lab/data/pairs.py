@@ -1,4 +1,18 @@
-"""Frame pairs (t, t+k) over in-memory episodes, split by episode, batches sampled by (seed, step)."""
+"""Frame pairs (t, t+k): the train/val split by scene, and the two ways of drawing pairs.
+
+Pair level: every valid (t, t+k) of the training episodes is indexed up front (``FramePairs``), optionally
+capped at ``max_samples``; batches are a pure function of (seed, step). Scene level: each scene read from the
+stream yields ``pairs_per_scene`` random pairs (``sample_pairs``).
+
+Pairs and batches hold uint8 (H, W, 3) frames; ``to_float`` turns a batch into float (B, 3, H, W) tensors in
+[0, 1] on the training device.
+A pair's ``action`` is the sum of the actions from t to t+k (the net command), present where the data has
+actions.
+"""
+
+import hashlib
+import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -6,68 +20,86 @@ import torch
 from hlrp_lab.data.episode import Episode
 
 
-def split_episodes(
-    episodes: list[Episode], val_split: float, seed: int
-) -> tuple[list[Episode], list[Episode]]:
-    """Train and validation episodes; no episode is on both sides. Deterministic in ``seed``.
+def is_val_scene(scene: str, val_split: float) -> bool:
+    """Whether ``scene`` is held out: a fixed hash, so every session, worker and rank agrees."""
+    digest = hashlib.sha256(scene.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_split
 
-    With ``val_split > 0`` and at least two episodes, each side gets at least one.
+
+def scene_rng(scene: str) -> random.Random:
+    """A generator fixed by the scene name (for the validation pairs)."""
+    return random.Random(hashlib.sha256(scene.encode()).digest())
+
+
+def valid_pairs(length: int, offsets: list[int]) -> list[tuple[int, int]]:
+    """Every (t, offset) with frame t + offset inside an episode of ``length`` frames."""
+    return [(t, k) for k in offsets for t in range(length - k)]
+
+
+def make_pair(episode: Episode, t: int, k: int) -> dict[str, Any]:
+    """Views of frames t and t+k (H, W, 3) and the summed actions between them; ``collate`` copies once."""
+    pair = {"frame_t": episode.frames[t], "frame_tk": episode.frames[t + k]}
+    if episode.actions is not None:
+        pair["action"] = episode.actions[t : t + k].sum(0, dtype=np.float32)
+    return pair
+
+
+def sample_pairs(
+    episode: Episode, offsets: list[int], count: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Up to ``count`` distinct random pairs of ``episode`` (none if it is shorter than every offset)."""
+    candidates = valid_pairs(len(episode.frames), offsets)
+    return [make_pair(episode, t, k) for t, k in rng.sample(candidates, min(count, len(candidates)))]
+
+
+def collate(pairs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Stack pairs into a batch of uint8 (B, H, W, 3) frames; ``action`` only if every pair has one.
+
+    Batches stay numpy until ``to_float``: DataLoader workers pass numpy arrays through a pipe much faster
+    than they pass small tensors through shared memory.
     """
-    if val_split <= 0 or len(episodes) < 2:
-        return list(episodes), []
-    order = np.random.default_rng(seed).permutation(len(episodes))
-    num_val = min(max(1, round(val_split * len(episodes))), len(episodes) - 1)
-    val = set(order[:num_val].tolist())
-    train = [e for i, e in enumerate(episodes) if i not in val]
-    return train, [e for i, e in enumerate(episodes) if i in val]
+    batch = {key: np.stack([p[key] for p in pairs]) for key in ("frame_t", "frame_tk")}
+    if all("action" in p for p in pairs):
+        batch["action"] = np.stack([p["action"] for p in pairs])
+    return batch
 
 
-def pair_starts(lengths: list[int], offset: int) -> np.ndarray:
-    """The flat frame index of every frame t that has a frame t+offset in the same episode."""
-    firsts = np.cumsum([0, *lengths[:-1]])
-    return np.concatenate(
-        [first + np.arange(max(n - offset, 0)) for first, n in zip(firsts, lengths, strict=True)]
-    )
-
-
-def pair_actions(actions: np.ndarray, offset: int) -> np.ndarray:
-    """(T - offset, offset * A): for each t, the actions t .. t+offset-1 concatenated."""
-    windows = np.lib.stride_tricks.sliding_window_view(actions, offset, axis=0)  # (T - offset, A, offset)
-    return windows.transpose(0, 2, 1).reshape(len(windows), -1)
+def to_float(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch as tensors on ``device``: frames float32 (B, 3, H, W) in [0, 1]."""
+    moved = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+    for key in ("frame_t", "frame_tk"):
+        moved[key] = moved[key].permute(0, 3, 1, 2).float().div_(255).contiguous()
+    return moved
 
 
 class FramePairs:
-    """Every valid (t, t+offset) pair of the episodes; frames stored once as a uint8 (N, 3, H, W) tensor."""
+    """Pair level: every valid (t, t+k) of the episodes for each offset, optionally a fixed random subset."""
 
-    def __init__(self, episodes: list[Episode], offset: int):
+    def __init__(
+        self, episodes: list[Episode], offsets: list[int], max_samples: int | None = None, seed: int = 0
+    ):
         longest = max((len(e.frames) for e in episodes), default=0)
-        if offset < 1:
-            raise ValueError(f"data.frame_offset {offset}: must be at least 1")
-        if offset >= longest:
+        if longest <= min(offsets):
             raise ValueError(
-                f"data.frame_offset {offset}: no episode is long enough (longest has {longest} frames)"
+                f"data.offsets {offsets}: no episode is long enough (longest has {longest} frames)"
             )
-        self.offset = offset
-        self.frames = (
-            torch.from_numpy(np.concatenate([e.frames for e in episodes])).permute(0, 3, 1, 2).contiguous()
-        )
-        self.starts = torch.from_numpy(pair_starts([len(e.frames) for e in episodes], offset))
-        usable = [e for e in episodes if len(e.frames) > offset]
-        self.actions = torch.from_numpy(
-            np.concatenate([pair_actions(e.actions, offset) for e in usable])
-        ).float()
+        self.episodes = episodes
+        self.index = [
+            (e, t, k) for e, ep in enumerate(episodes) for t, k in valid_pairs(len(ep.frames), offsets)
+        ]
+        if max_samples is not None and max_samples < len(self.index):
+            keep = sorted(random.Random(seed).sample(range(len(self.index)), max_samples))
+            self.index = [self.index[i] for i in keep]
 
     def __len__(self) -> int:
-        return len(self.starts)
+        return len(self.index)
 
-    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``frame_t`` and ``frame_tk`` float32 in [0, 1] (B, 3, H, W); ``action`` the true actions between them."""
-        starts = self.starts[indices]
-        return {
-            "frame_t": self.frames[starts].float().div_(255),
-            "frame_tk": self.frames[starts + self.offset].float().div_(255),
-            "action": self.actions[indices],
-        }
+    def pair(self, i: int) -> dict[str, Any]:
+        e, t, k = self.index[i]
+        return make_pair(self.episodes[e], t, k)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, np.ndarray]:
+        return collate([self.pair(int(i)) for i in indices])
 
 
 def batch_indices(num_pairs: int, batch_size: int, seed: int, step: int) -> torch.Tensor:

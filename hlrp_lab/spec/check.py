@@ -1,12 +1,14 @@
 """Deep spec validation: the framework keys, every component block against its class's Config, and a
 dry build of the model on the meta device (no memory, no data) so size mismatches fail before a run."""
 
+import pydash
 import torch
 
 from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry, validate_model
 from hlrp_lab.experiment.optim import optimizer_kwargs
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.spec.schema import Spec
+from hlrp_lab.spec.spec_util import spec_variables
 
 
 def check_spec(spec: dict) -> dict:
@@ -14,7 +16,8 @@ def check_spec(spec: dict) -> dict:
     checked = validate_model(Spec, spec, "").model_dump()
     stage_cls = STAGES.get(checked["stage"], "stage")
     checked["model"] = check_components(checked["model"], stage_cls.families, checked["stage"])
-    checked["data"]["source"] = check_block(DATA_SOURCES, checked["data"]["source"], "data.source")
+    if checked["data"]["source"] is not None:
+        checked["data"]["source"] = check_block(DATA_SOURCES, checked["data"]["source"], "data.source")
     optimizer_kwargs(checked["optim"])
     try:
         with torch.device("meta"):
@@ -44,3 +47,16 @@ def check_components(model: dict, families: dict[str, Registry], stage: str) -> 
 def check_block(registry: Registry, block: dict, key: str) -> dict:
     config = registry.config(block, key)
     return {"name": block["name"], **config.model_dump()}
+
+
+def check_unresolved(spec: dict) -> dict:
+    """Check a spec whose ${var}s are unset (``spec check``): a placeholder stays as its text where a string
+    is valid (a path, a pattern) and its key falls back to the default where it is not (a number)."""
+    while True:
+        try:
+            return check_spec(spec)
+        except SpecError as err:
+            key = str(err).split(":", 1)[0]
+            if not spec_variables(pydash.get(spec, key)) or isinstance(pydash.get(spec, key), dict):
+                raise
+            spec = pydash.omit(spec, key)

@@ -5,7 +5,7 @@ Component blocks (``model.*``, ``data.source``) are validated by the Config of t
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 
 class Strict(BaseModel):
@@ -13,18 +13,59 @@ class Strict(BaseModel):
 
 
 class DataSpec(Strict):
-    source: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "procedural"},
-        description='Where episodes come from: {"name": <registered data source>, ...its keys}.',
+    source: dict[str, Any] | None = Field(
+        None,
+        description='Data generated on first use and cached: {"name": <registered data source>, ...its keys}. '
+        "Give this or `shards`.",
+    )
+    shards: str | None = Field(
+        None,
+        description="Shards written by `hlrp-lab data`: a directory with manifest.json, a glob, a brace "
+        "pattern (mw-{000000..000015}.tar), a local path or a URL. Give this or `source`.",
     )
     image_size: PositiveInt = Field(64, description="Frames are square, image_size x image_size pixels.")
-    frame_offset: PositiveInt = Field(1, description="k in the frame pair (t, t+k).")
+    pairs: Literal["scene", "pair"] = Field(
+        "scene",
+        description="scene: stream scenes, drawing pairs on the fly; pair: index every valid pair of the "
+        "training scenes in memory (for small sets and overfitting).",
+    )
+    offsets: list[PositiveInt] = Field(
+        default_factory=lambda: [1], min_length=1, description="k values of the frame pair (t, t+k)."
+    )
+    max_samples: PositiveInt | None = Field(
+        None, description="Pair level: keep this many training pairs (a fixed random subset); null: all."
+    )
+    pairs_per_scene: PositiveInt = Field(
+        16,
+        description="Scene level: pairs drawn from a scene each time the stream reads it (more pairs per read "
+        "is faster; fewer mixes more scenes into a batch).",
+    )
+    shuffle_buffer: PositiveInt = Field(1000, description="Scene level: pairs in the shuffle buffer.")
+    num_workers: NonNegativeInt = Field(
+        2,
+        description="Scene level: DataLoader worker processes reading shards; 0 reads in the training process.",
+    )
     batch_size: PositiveInt = Field(32, description="Frame pairs per training micro-batch.")
     val_split: float = Field(
-        0.1, ge=0, lt=1, description="Fraction of episodes held out for evaluation (split by episode)."
+        0.1,
+        ge=0,
+        lt=1,
+        description="Fraction of scenes held out for evaluation (by a hash of the scene name, so validation "
+        "never shares a scene with training); 0 evaluates on training pairs.",
     )
     val_pairs: PositiveInt = Field(256, description="Held-out frame pairs scored at each evaluation.")
-    cache_dir: str = Field("data/cache", description="Where generated shards are written and reused.")
+    cache_dir: str = Field("data/cache", description="Where `source` shards are written and reused.")
+
+    @model_validator(mode="after")
+    def one_data_location(self) -> "DataSpec":
+        if (self.source is None) == (self.shards is None):
+            raise ValueError(
+                'give exactly one of data.source (generated and cached, e.g. {"name": "procedural"}) '
+                "or data.shards (shards written by `hlrp-lab data`)"
+            )
+        if self.max_samples is not None and self.pairs != "pair":
+            raise ValueError('data.max_samples applies to data.pairs = "pair" only')
+        return self
 
 
 class OptimSpec(BaseModel):
@@ -76,7 +117,7 @@ class MetaSpec(Strict):
 
 class Spec(Strict):
     stage: str = Field(description="Which stage trains: laq.")
-    data: DataSpec = Field(default_factory=DataSpec, description="The data block.")
+    data: DataSpec = Field(description="The data block.")
     model: dict[str, Any] = Field(description="The stage's components, one block per family.")
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and learning-rate schedule.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")

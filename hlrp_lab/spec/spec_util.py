@@ -110,15 +110,6 @@ def substitute(node: Any, variables: dict[str, Any], key: str = "") -> Any:
     return VAR_PATTERN.sub(lambda m: str(variables[m.group(1)]), node)
 
 
-def drop_placeholders(node: Any) -> Any:
-    """``node`` without the leaf keys whose value holds a ${var}, so the rest can be checked without values."""
-    if isinstance(node, dict):
-        return {
-            k: drop_placeholders(v) for k, v in node.items() if isinstance(v, dict) or not spec_variables(v)
-        }
-    return node
-
-
 def apply_overrides(spec: dict, overrides: dict[str, Any]) -> dict:
     """Set dotted keys (``-s train.max_step=100``); the parent of each key must be an object."""
     spec = pydash.clone_deep(spec)

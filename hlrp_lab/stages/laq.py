@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from hlrp_lab.components.registry import DECODERS, ENCODERS, QUANTIZERS, STAGES, Registry
-from hlrp_lab.data.dataset import load_episodes, prepare_shards
-from hlrp_lab.data.pairs import FramePairs, batch_indices, split_episodes
-from hlrp_lab.data.shards import read_manifest
+from hlrp_lab.data.dataset import check_readable, data_urls
+from hlrp_lab.data.loader import FrameData
+from hlrp_lab.data.pairs import to_float
 from hlrp_lab.stages.base import Stage
 from hlrp_lab.stages.metrics import codebook_usage, linear_probe_r2, per_image_mse, psnr
 
@@ -51,8 +51,9 @@ class LAQStage(Stage):
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
-        directory = prepare_shards(spec["data"])
-        logger.info(f"data: {read_manifest(directory)['num_episodes']} episodes in shards at {directory}")
+        urls = data_urls(spec["data"])
+        check_readable(urls, spec["data"])
+        logger.info(f"data: {len(urls)} shards, first {urls[0]}")
 
     @classmethod
     def build_model(cls, spec: dict) -> LatentActionModel:
@@ -79,20 +80,14 @@ class LAQStage(Stage):
 
     def __init__(self, spec: dict, device: torch.device, seed: int):
         data = spec["data"]
-        train_episodes, val_episodes = split_episodes(load_episodes(data), data["val_split"], seed=0)
-        if not val_episodes:
+        self.data = FrameData(data_urls(data), data, spec["train"], seed, PROBE_TRAIN_PAIRS)
+        if data["val_split"] == 0:
             logger.warning("data.val_split is 0: evaluating on training pairs")
-            val_episodes = train_episodes
-        self.train_pairs = FramePairs(train_episodes, data["frame_offset"])
-        self.val_pairs = FramePairs(val_episodes, data["frame_offset"])
-        self.val_index = fixed_subset(len(self.val_pairs), data["val_pairs"])
-        self.probe_index = fixed_subset(len(self.train_pairs), PROBE_TRAIN_PAIRS)
-        self.batch_size, self.seed, self.device = data["batch_size"], seed, device
+        self.batch_size, self.device = data["batch_size"], device
         self.model = self.build_model(spec).to(device)
 
     def train_batch(self, index: int) -> dict[str, Any]:
-        indices = batch_indices(len(self.train_pairs), self.batch_size, self.seed, index)
-        return to_device(self.train_pairs.batch(indices), self.device)
+        return to_float(self.data.train_batch(index), self.device)
 
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(batch["frame_t"], batch["frame_tk"])
@@ -104,7 +99,7 @@ class LAQStage(Stage):
         }
 
     def evaluate(self) -> dict[str, float]:
-        val = self.infer(self.val_pairs, self.val_index)
+        val = self.infer(self.data.val)
         mse, copy_mse = val["mse"], val["copy_mse"]
         metrics = {
             "val_mse": mse.mean().item(),
@@ -116,20 +111,22 @@ class LAQStage(Stage):
         metrics["latent_gain"] = metrics["val_psnr"] - psnr(val["shuffled_mse"]).item()
         if val["indices"] is not None:
             metrics.update(codebook_usage(val["indices"], self.model.quantizer.codebook_size))
-        if val["action"] is not None:
-            probe = self.infer(self.train_pairs, self.probe_index)
+        if val["action"] is not None and "action" in self.data.probe:
+            probe = self.infer(self.data.probe)
             metrics["probe_r2"] = linear_probe_r2(
                 probe["latent"], probe["action"], val["latent"], val["action"]
             )
+        metrics["data/skipped_shards"] = float(len(self.data.skipped))
         return metrics
 
-    def infer(self, pairs: FramePairs, index: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """Run the model over ``pairs[index]`` in batches: per-pair errors (also with the latent of another
+    def infer(self, pairs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        """Run the model over held-out ``pairs`` in batches: per-pair errors (also with the latent of another
         pair, which shows how much the latent carries), latents, codes and true actions."""
         keys = ("mse", "copy_mse", "shuffled_mse", "latent", "indices", "action")
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-        for chunk in index.split(self.batch_size):
-            batch = to_device(pairs.batch(chunk), self.device)
+        for start in range(0, len(pairs["frame_t"]), self.batch_size):
+            chunk = {key: value[start : start + self.batch_size] for key, value in pairs.items()}
+            batch = to_float(chunk, self.device)
             out = self.model(batch["frame_t"], batch["frame_tk"])
             shuffled = self.model.decoder(batch["frame_t"], out.latent.roll(1, dims=0))
             parts["mse"].append(per_image_mse(out.reconstruction, batch["frame_tk"]))
@@ -141,14 +138,3 @@ class LAQStage(Stage):
             if "action" in batch:
                 parts["action"].append(batch["action"])
         return {key: torch.cat(values) if values else None for key, values in parts.items()}
-
-
-def fixed_subset(size: int, count: int) -> torch.Tensor:
-    """The same ``count`` indices of ``range(size)`` in every session (seeded with 0)."""
-    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:count]
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }

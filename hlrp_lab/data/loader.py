@@ -1,0 +1,184 @@
+"""Frame-pair batches for training and the fixed held-out pairs, read from WebDataset shards.
+
+Scene level streams: resampled shards (an infinite stream; each DDP rank and DataLoader worker draws its own
+shard sequence from a seed made of (seed, rank, worker)), corrupt shards skipped, validation scenes dropped,
+``pairs_per_scene`` pairs per scene, a shuffle buffer, batches. Pair level reads the training scenes once into
+memory and indexes every pair.
+
+Exact resume: the training stream restarts, re-seeded, every ``eval_frequency`` optimizer steps (where the
+loop writes its checkpoints), so a run resumed from a checkpoint sees the batches an uninterrupted run saw.
+"""
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from loguru import logger
+
+from hlrp_lab.data.episode import Episode
+from hlrp_lab.data.pairs import (
+    FramePairs,
+    batch_indices,
+    collate,
+    is_val_scene,
+    sample_pairs,
+    scene_rng,
+)
+from hlrp_lab.data.shards import decode_episode, raw_samples, read_episodes
+from hlrp_lab.lib.errors import RunError
+
+VAL_PAIRS_PER_SCENE = 8
+MAX_BARREN_INPUTS = 10_000  # stream inputs in a row without a single pair: the data cannot be used
+Sample = dict[str, Any]
+
+
+def stream_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p % 2**63 for p in parts]).generate_state(1, dtype=np.uint64)[0])
+
+
+def train_scene_pairs(data: dict, seed: int) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Pipeline stage: raw samples -> pairs of training scenes; skipped-shard markers pass through."""
+
+    def stage(samples: Iterable[Sample]) -> Iterator[Sample]:
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(stream_seed(seed, rank, worker))
+        barren = 0
+        for sample in samples:
+            if "__skipped__" in sample:
+                yield sample
+                barren += 1
+                continue
+            episode = decode_episode(sample)
+            pairs = (
+                []
+                if is_val_scene(episode.scene, data["val_split"])
+                else sample_pairs(episode, data["offsets"], data["pairs_per_scene"], rng)
+            )
+            barren = 0 if pairs else barren + 1
+            if barren > MAX_BARREN_INPUTS:
+                raise RunError(
+                    f"data: {barren} shards/scenes in a row gave no training pair; check data.offsets"
+                )
+            yield from pairs
+
+    return stage
+
+
+def batch_pairs(batch_size: int) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Pipeline stage: pairs -> collated batches carrying the shards skipped since the last batch."""
+
+    def stage(items: Iterable[Sample]) -> Iterator[Sample]:
+        pairs, skipped = [], []
+        for item in items:
+            if "__skipped__" in item:
+                skipped.append(item["__skipped__"])
+                continue
+            pairs.append(item)
+            if len(pairs) == batch_size:
+                yield {**collate(pairs), "skipped_shards": skipped}
+                pairs, skipped = [], []
+
+    return stage
+
+
+def scene_stream(urls: list[str], data: dict, seed: int) -> wds.DataPipeline:
+    """The infinite stream of training batches at scene level, deterministic in ``seed``."""
+    return wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        raw_samples,
+        train_scene_pairs(data, seed),
+        wds.shuffle(data["shuffle_buffer"], initial=data["shuffle_buffer"], seed=seed),
+        batch_pairs(data["batch_size"]),
+    )
+
+
+def keep_numpy(batch: Sample) -> Sample:
+    """DataLoader collate_fn: pass the batch through as numpy (see ``pairs.collate``)."""
+    return batch
+
+
+def batches(pipeline: wds.DataPipeline, num_workers: int) -> Iterator[Sample]:
+    """Iterate ``pipeline`` in this process or through DataLoader workers."""
+    if num_workers == 0:
+        return iter(pipeline)
+    loader = wds.WebLoader(
+        pipeline, batch_size=None, num_workers=num_workers, prefetch_factor=4, collate_fn=keep_numpy
+    )
+    return iter(loader)
+
+
+class HeldOutPairs:
+    """Fixed pairs read once in shard order: validation pairs and training pairs for the linear probe."""
+
+    def __init__(self, episodes: Iterable[Episode], data: dict, val_count: int, probe_count: int):
+        self.val, self.probe = [], []
+        self.num_train_scenes = 0
+        for episode in episodes:
+            held_out = is_val_scene(episode.scene, data["val_split"])
+            self.num_train_scenes += not held_out
+            target, count = (self.val, val_count) if held_out else (self.probe, probe_count)
+            if len(target) < count:
+                per_scene = min(VAL_PAIRS_PER_SCENE, count - len(target))
+                target.extend(sample_pairs(episode, data["offsets"], per_scene, scene_rng(episode.scene)))
+            if len(self.val) >= val_count and len(self.probe) >= probe_count:
+                break
+
+
+class FrameData:
+    """What a stage trains and evaluates on: ``train_batch(index)``, the held-out pairs, skipped shards."""
+
+    def __init__(self, urls: list[str], data: dict, train: dict, seed: int, probe_pairs: int):
+        self.urls, self.data, self.seed = urls, data, seed
+        self.segment = train["eval_frequency"] * train["grad_accum"]  # micro-batches between checkpoints
+        self.skipped: set[str] = set()
+        skipped: list[str] = []
+        if data["pairs"] == "pair":
+            episodes = list(read_episodes(urls, skipped))
+            self.train_pairs = self.index_train_pairs(episodes)
+            held = HeldOutPairs(episodes, data, data["val_pairs"], probe_pairs)
+            if data["val_split"] == 0:
+                held.val = [
+                    self.train_pairs.pair(i) for i in range(min(len(self.train_pairs), data["val_pairs"]))
+                ]
+        else:
+            held = HeldOutPairs(read_episodes(urls, skipped), data, data["val_pairs"], probe_pairs)
+            if held.num_train_scenes == 0:
+                raise RunError("data: every scene read is held out for validation; lower data.val_split")
+            if data["val_split"] == 0:
+                held.val = held.probe[: data["val_pairs"]]
+        self.note_skipped(skipped)
+        if not held.val:
+            raise RunError("data: no validation pairs; raise data.val_split or add scenes")
+        self.val, self.probe = collate(held.val), collate(held.probe)
+        self.stream: Iterator[Sample] | None = None
+        self.next_index = -1
+
+    def index_train_pairs(self, episodes: list[Episode]) -> FramePairs:
+        train = [e for e in episodes if not is_val_scene(e.scene, self.data["val_split"])]
+        if not train:
+            raise RunError("data: no training scenes; lower data.val_split or add scenes")
+        pairs = FramePairs(train, self.data["offsets"], self.data["max_samples"])
+        logger.info(f"data: {len(pairs)} training pairs from {len(train)} scenes (pair level)")
+        return pairs
+
+    def note_skipped(self, urls: list[str]) -> None:
+        self.skipped.update(urls)
+
+    def train_batch(self, index: int) -> Sample:
+        """Micro-batch number ``index`` (CPU, uint8 frames); the same index gives the same batch."""
+        if self.data["pairs"] == "pair":
+            indices = batch_indices(len(self.train_pairs), self.data["batch_size"], self.seed, index)
+            return self.train_pairs.batch(indices)
+        segment, position = divmod(index, self.segment)
+        if self.stream is None or index != self.next_index or position == 0:
+            self.stream = batches(
+                scene_stream(self.urls, self.data, stream_seed(self.seed, segment)), self.data["num_workers"]
+            )
+            for _ in range(position):  # only after a resume between checkpoints
+                next(self.stream)
+        batch = next(self.stream)
+        self.next_index = index + 1
+        self.note_skipped(batch.pop("skipped_shards"))
+        return batch
