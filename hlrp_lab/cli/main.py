@@ -5,14 +5,14 @@ start fast and work in the orchestration-only install.
 """
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.cli.data import data_app
+from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.lib.errors import SpecError
 
 app = typer.Typer(
     help="hlrp-lab: spec-driven experiments for latent action models (LAQ -> VLA -> finetuning).",
@@ -22,8 +22,7 @@ app = typer.Typer(
 )
 spec_app = typer.Typer(help="Show and check specs.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
-
-ML_MODULES = {"torch", "ray", "transformers", "webdataset", "safetensors", "vector_quantize_pytorch"}
+app.add_typer(data_app, name="data")
 
 SetOption = Annotated[
     list[str] | None,
@@ -33,28 +32,6 @@ SetOption = Annotated[
         help="KEY=VALUE: fill ${KEY} in the spec, or override a dotted key (train.max_step=100). Repeatable.",
     ),
 ]
-
-
-@contextmanager
-def cli_errors() -> Iterator[None]:
-    """Known user errors become one line on stderr: exit 2 for a bad spec, 1 for a failed run."""
-    try:
-        yield
-    except SpecError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    except RunError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except ModuleNotFoundError as err:
-        if err.name not in ML_MODULES:
-            raise
-        typer.echo(
-            f"error: this command needs '{err.name}', which the orchestration-only install leaves out; "
-            "install the training dependencies with `uv sync` (default groups)",
-            err=True,
-        )
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -100,10 +77,10 @@ def spec_check(
     ] = None,
 ) -> None:
     """Validate every spec in the given files; keys holding an unset ${var} are checked at run time."""
-    from hlrp_lab.spec.spec_util import drop_placeholders, read_spec_file, spec_variables
+    from hlrp_lab.spec.spec_util import read_spec_file, spec_variables
 
     with cli_errors():
-        from hlrp_lab.spec.check import check_spec
+        from hlrp_lab.spec.check import check_unresolved
 
     files = spec_files or sorted(Path("specs").glob("*.json"))
     if not files:
@@ -119,7 +96,7 @@ def spec_check(
             continue
         for name, spec in specs.items():
             try:
-                check_spec(drop_placeholders(spec))
+                check_unresolved(spec)
             except SpecError as err:
                 typer.echo(f"FAIL {spec_file} {name}: {err}")
                 failures += 1
