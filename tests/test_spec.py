@@ -110,7 +110,7 @@ def test_missing_file_and_invalid_json(tmp_path):
         (
             "data.source.name",
             "youtube",
-            r"data\.source\.name: unknown data source 'youtube'; registered: procedural",
+            r"data\.source\.name: unknown data source 'youtube'; registered: metaworld, procedural, videos",
         ),
         ("stage", "lqa", r"stage: unknown stage 'lqa'; registered: laq"),
         ("optim.name", "Adamm", r"optim\.name: unknown optimizer 'Adamm'; torch\.optim has: .*AdamW"),
