@@ -42,6 +42,9 @@ def run(
         str, typer.Argument(help="dev | train | eval | search | train@RUN_DIR (resume) | eval@RUN_DIR")
     ] = "dev",
     sets: SetOption = None,
+    keep: Annotated[
+        int, typer.Option(min=-1, help="search: keep the model files of the best N trials only; -1 keeps all")
+    ] = 3,
 ) -> None:
     """Run a spec: writes everything under data/{spec_name}_{timestamp}/."""
     from hlrp_lab.spec.spec_util import parse_mode, parse_sets
@@ -50,7 +53,7 @@ def run(
         lab_mode, values = parse_mode(mode), parse_sets(sets or [])
         from hlrp_lab.experiment.lab import run_lab
 
-        run_dir = run_lab(spec_file, spec_name, lab_mode, values)
+        run_dir = run_lab(spec_file, spec_name, lab_mode, values, keep)
     typer.echo(f"run directory: {run_dir}")
 
 

@@ -1,11 +1,13 @@
-"""Session and trial metrics: aggregation across seeds and the curves in graph/ (no torch)."""
+"""Session, trial and experiment metrics: aggregation across seeds and the graphs in graph/ (no torch)."""
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
-from hlrp_lab.lib.viz import Curve, save_plot
+from hlrp_lab.lib.viz import PALETTE, Curve, save_plot
 
 
 def aggregate_sessions(results: list[dict[str, float]]) -> dict:
@@ -57,3 +59,63 @@ def save_trial_graphs(run_dir: Path, trial_prefix: str, metrics: tuple[str, ...]
         curve = trial_curve(histories, metric, trial_prefix)
         title = f"{trial_prefix}: {metric} (mean ± std over {len(histories)} sessions)"
         save_plot([curve], run_dir / "graph" / f"{trial_prefix}_trial_graph_{metric}", title, "step", metric)
+
+
+def save_experiment_graphs(
+    table: pd.DataFrame, params: list[str], metric: str, graph_dir: Path, spec_name: str, log_x: set[str]
+) -> None:
+    """The metric of each scored trial against each searched value, a colour per status:
+    ``graph/{spec_name}_experiment_graph_{param}.{png,html}`` (dots in the param become underscores)."""
+    scored = table.dropna(subset=[metric])
+    for param in params:
+        rows = scored.dropna(subset=[param])
+        if rows.empty:
+            continue
+        numeric = pd.api.types.is_numeric_dtype(rows[param]) and not pd.api.types.is_bool_dtype(rows[param])
+        x = rows[param] if numeric else rows[param].astype(str)
+        groups = {
+            status: (x[rows["status"] == status], rows.loc[rows["status"] == status, metric])
+            for status in ("completed", "stopped early", "interrupted")
+            if (rows["status"] == status).any()
+        }
+        stem = graph_dir / f"{spec_name}_experiment_graph_{param.replace('.', '_')}"
+        title = f"{spec_name}: {metric} vs {param} ({len(rows)} trials)"
+        save_scatter(groups, stem, title, param, metric, log_x=param in log_x)
+
+
+def save_scatter(
+    groups: dict[str, tuple[pd.Series, pd.Series]],
+    stem: Path,
+    title: str,
+    x_label: str,
+    y_label: str,
+    log_x: bool,
+) -> None:
+    """``stem.png`` (matplotlib) and ``stem.html`` (plotly): one marker colour per group."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    plotly_fig = go.Figure()
+    for i, (label, (x, y)) in enumerate(groups.items()):
+        color = PALETTE[i % len(PALETTE)]
+        ax.scatter(x, y, label=label, color=color, s=28, alpha=0.85)
+        r, g, b = (int(255 * c) for c in color)
+        plotly_fig.add_trace(
+            go.Scatter(
+                x=list(x), y=list(y), mode="markers", name=label, marker={"color": f"rgb({r},{g},{b})"}
+            )
+        )
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    if log_x:  # setting a linear scale would drop the ticks of categorical values
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(stem.with_name(f"{stem.name}.png"))
+    plt.close(fig)
+    plotly_fig.update_layout(
+        title=title,
+        xaxis={"title": x_label, "type": "log" if log_x else "-"},
+        yaxis_title=y_label,
+        template="plotly_white",
+    )
+    plotly_fig.write_html(stem.with_name(f"{stem.name}.html"), include_plotlyjs="cdn")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydash
 from loguru import logger
 
-from hlrp_lab.experiment.control import Trial
+from hlrp_lab.experiment.control import Experiment, Trial
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
@@ -24,15 +24,18 @@ from hlrp_lab.spec.spec_util import (
 DATA_ROOT = Path("data")
 
 
-def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict) -> Path:
-    """Run ``spec_name`` in ``mode``; return the run directory."""
-    if mode.name == "search":
-        raise SpecError("mode 'search': hyperparameter search is not available in this version yet")
+def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int = 3) -> Path:
+    """Run ``spec_name`` in ``mode``; return the run directory. A search keeps the model files of its best
+    ``keep`` trials (-1: all)."""
     if mode.name == "eval":
         return evaluate_run(mode.run_dir or latest_run_dir(spec_name), spec_name)
     if mode.resume:
         return resume_run(mode.run_dir, spec_name, sets)
     spec = override_mode(check_spec(resolve_spec(spec_file, spec_name, sets)), mode.name)
+    if mode.name == "search" and not spec["search"]:
+        raise SpecError(
+            f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"
+        )
     ts = timestamp()
     run_dir = make_run_dir(DATA_ROOT, spec_name, ts)
     meta = spec["meta"]
@@ -43,7 +46,10 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict) -> Path:
     write_json(saved_spec_path(run_dir, spec_name), {spec_name: spec})
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
-    Trial(spec).run()
+    if mode.name == "search":
+        Experiment(spec).search(keep)
+    else:
+        Trial(spec).run()
     return run_dir
 
 

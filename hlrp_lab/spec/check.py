@@ -6,6 +6,7 @@ import torch
 
 from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry, validate_model
 from hlrp_lab.experiment.optim import optimizer_kwargs
+from hlrp_lab.experiment.search_space import check_search
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.spec.schema import Spec
 from hlrp_lab.spec.spec_util import spec_variables
@@ -24,6 +25,7 @@ def check_spec(spec: dict) -> dict:
             stage_cls.build_model(checked)
     except ValueError as err:
         raise SpecError(f"model: {err}") from None
+    check_search(checked)
     return checked
 
 

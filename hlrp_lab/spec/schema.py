@@ -5,7 +5,16 @@ Component blocks (``model.*``, ``data.source``) are validated by the Config of t
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -97,9 +106,37 @@ class TrainSpec(Strict):
     dev_max_step: PositiveInt = Field(300, description="`dev` mode caps max_step at this value.")
 
 
+class SearchScheduler(Strict):
+    """ASHA (Ray Tune's AsyncHyperBandScheduler), in training steps."""
+
+    grace_period: PositiveInt = Field(description="Steps every trial runs before it can be stopped.")
+    reduction_factor: float = Field(3.0, gt=1, description="Only the top 1/reduction_factor go on at a rung.")
+    max_t: PositiveInt | None = Field(None, description="Steps at which a trial ends; null: train.max_step.")
+
+
+class SearchResources(Strict):
+    cpu: PositiveFloat = Field(1.0, description="CPUs per trial (fractions share a CPU).")
+    gpu: NonNegativeFloat = Field(0.0, description="GPUs per trial (fractions share a GPU).")
+
+
 class MetaSpec(Strict):
     max_session: PositiveInt = Field(1, description="Sessions (seeds) per trial, run in parallel processes.")
-    max_trial: PositiveInt = Field(1, description="Trials an experiment samples (search mode).")
+    max_trial: PositiveInt = Field(
+        1, description="Search mode: samples drawn from `search` (each runs every grid_search value)."
+    )
+    search_scheduler: SearchScheduler | None = Field(
+        None,
+        description="Search mode: {grace_period, reduction_factor (3), max_t (null: train.max_step)} in "
+        "training steps turns on ASHA early stopping; null runs every trial to the end.",
+    )
+    search_algorithm: Literal["random", "optuna"] = Field(
+        "random", description="Search mode: how trials are sampled: random, or Optuna's TPE."
+    )
+    search_resources: SearchResources = Field(
+        default_factory=lambda: {"cpu": 1.0, "gpu": 0.0},
+        validate_default=True,
+        description="Search mode: {cpu, gpu} reserved per trial; fractions allowed.",
+    )
     random_seed: int | None = Field(
         None, description="Base seed; session s of trial t uses seed + 1000 * t + s. null: drawn and saved."
     )
@@ -122,6 +159,11 @@ class Spec(Strict):
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and learning-rate schedule.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
     meta: MetaSpec = Field(default_factory=MetaSpec, description="Sessions, trials, seeds, run bookkeeping.")
+    search: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Search mode: `dotted.spec.path__sampler` -> the sampler's arguments, e.g. "
+        '`"optim.lr__loguniform": [1e-4, 1e-2]`; see docs/SEARCH.md.',
+    )
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

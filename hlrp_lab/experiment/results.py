@@ -1,0 +1,69 @@
+"""An experiment's results: one row per trial, sorted by the stage's metric; pruning of model files."""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class TrialRecord:
+    """How one trial ended (completed, stopped early, failed, interrupted): the ``metrics`` it last reported,
+    its spec and the sampled ``values`` it took, by spec path."""
+
+    trial: int
+    status: str
+    metrics: dict[str, float]
+    spec: dict
+    values: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def cell(value: Any) -> Any:
+    """A table cell: lists and objects (a sampled component block, channel list) as JSON text."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def experiment_table(
+    records: list[TrialRecord], metric: str, mode: str, params: list[str], metrics: Iterable[str]
+) -> pd.DataFrame:
+    """trial, status, the metric, steps reached, each searched value (empty where the sampled component
+    lacks the key), the other metrics and the error; best first, failed trials last."""
+    others = [m for m in metrics if m != metric]
+    rows = [
+        {
+            "trial": record.trial,
+            "status": record.status,
+            metric: record.metrics.get(metric),
+            "step": record.metrics.get("step"),
+            **{param: cell(record.values[param]) for param in params if param in record.values},
+            **{name: record.metrics.get(name) for name in others},
+            "error": record.error,
+        }
+        for record in records
+    ]
+    table = pd.DataFrame(rows, columns=["trial", "status", metric, "step", *params, *others, "error"])
+    table = table.astype({metric: float, "step": float, **dict.fromkeys(others, float)})
+    return table.sort_values(
+        [metric, "trial"], ascending=[mode == "min", True], na_position="last", ignore_index=True
+    )
+
+
+def save_table(table: pd.DataFrame, stem: Path) -> None:
+    """``stem.csv`` and ``stem.parquet``."""
+    table.to_csv(stem.with_name(f"{stem.name}.csv"), index=False)
+    table.to_parquet(stem.with_name(f"{stem.name}.parquet"), index=False)
+
+
+def keep_models(model_dir: Path, spec_name: str, ranked: list[int], trials: Iterable[int], keep: int) -> None:
+    """Delete the model files of every trial but the first ``keep`` of ``ranked`` (-1 keeps all)."""
+    if keep < 0:
+        return
+    kept = set(ranked[:keep])
+    for trial in trials:
+        if trial not in kept:
+            for path in model_dir.glob(f"{spec_name}_t{trial}_*"):
+                path.unlink()
