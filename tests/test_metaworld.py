@@ -119,7 +119,9 @@ def test_data_metaworld_writes_shards_a_spec_trains_on(tmp_path, shard_cache, mo
     """`hlrp-lab data metaworld` (2 tasks x 2 episodes, 2 workers) -> shards -> a few LAQ training steps."""
     out = tmp_path / "mw"
     args = ["data", "metaworld", str(out), "--tasks", "reach-v3,drawer-open-v3", "--episodes", "2"]
-    result = CliRunner().invoke(app, [*args, "--max-steps", "12", "--seed", "3", "--size", "32", "--workers", "2"])
+    result = CliRunner().invoke(
+        app, [*args, "--max-steps", "12", "--seed", "3", "--size", "32", "--workers", "2"]
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 4 episodes, 52 frames in 1 shards" in result.output
     manifest = read_manifest(out)

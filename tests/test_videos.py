@@ -227,7 +227,11 @@ def test_data_videos_writes_shards_and_names_the_unreadable_files(root, tmp_path
     assert manifest["image_size"] == 24 and "actions.npy" not in manifest["keys"]
     assert verify_shards(out) == []
     episodes = list(read_episodes(shard_urls(out)))
-    assert [e.task for e in episodes][:3] == ["C_UPPER.MKV#clip0", "landscape.mp4#clip0", "landscape.mp4#clip1"]
+    assert [e.task for e in episodes][:3] == [
+        "C_UPPER.MKV#clip0",
+        "landscape.mp4#clip0",
+        "landscape.mp4#clip1",
+    ]
     assert {e.scene for e in episodes} == set(READABLE)
     assert {e.instruction for e in episodes if e.scene == "slow.avi"} == {"open the drawer"}
     assert all(e.frames.shape == (10, 24, 24, 3) for e in episodes)

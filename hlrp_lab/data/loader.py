@@ -109,7 +109,7 @@ class WidePipeContext(ForkContext):
     64 KB a batch of frames (800 KB at 64x64, batch 32) crosses it in a dozen wake-ups of both ends; a 1 MB
     pipe takes it in one (1.6x the batches/s with 2 workers on 2 cores; benchmarks/loader_throughput.py)."""
 
-    def Queue(self, maxsize: int = 0) -> Queue:  # noqa: N802 - the multiprocessing API's name
+    def Queue(self, maxsize: int = 0) -> Queue:  # the multiprocessing API names it so
         queue = super().Queue(maxsize)
         for end in (queue._reader, queue._writer):
             try:
