@@ -1,6 +1,5 @@
 """What ``hlrp-lab run`` does for each mode: resolve and check the spec, make the run directory, run."""
 
-import re
 import secrets
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from loguru import logger
 from hlrp_lab.experiment.control import Experiment, Trial
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
-from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
+from hlrp_lab.lib.util import RUN_DIR_NAME, git_sha, make_run_dir, timestamp, write_json
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
     Mode,
@@ -94,12 +93,11 @@ def evaluate_run(run_dir: Path, spec_name: str) -> Path:
 
 def latest_run_dir(spec_name: str, root: Path = DATA_ROOT) -> Path:
     """The newest ``{spec_name}_{timestamp}`` directory under ``root``."""
-    pattern = re.compile(rf"{re.escape(spec_name)}_(\d{{4}}_\d{{2}}_\d{{2}}_\d{{6}})(?:_(\d+))?")
     runs = []
     for path in root.glob(f"{spec_name}_*"):
-        match = pattern.fullmatch(path.name)
-        if match and saved_spec_path(path, spec_name).is_file():
-            runs.append((match.group(1), int(match.group(2) or 0), path))
+        match = RUN_DIR_NAME.fullmatch(path.name)
+        if match and match["spec"] == spec_name and saved_spec_path(path, spec_name).is_file():
+            runs.append((match["ts"], int(match["n"] or 0), path))
     if not runs:
         raise SpecError(f"no run of {spec_name!r} under {root}/; train one first or pass eval@RUN_DIR")
     return max(runs)[2]
