@@ -1,10 +1,18 @@
-"""Shared fixtures: a tiny but real LAQ spec whose procedural shards are generated once per test session."""
+"""Shared fixtures: a tiny but real LAQ spec whose procedural shards are generated once per test session, and
+a fake HuggingFace Hub on 127.0.0.1 that the real huggingface_hub client talks to."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from hlrp_lab.spec.check import check_spec
+from tests.fake_hub import FakeHub
+
+# Before anything imports huggingface_hub: its cache goes to a temporary folder, and no telemetry requests.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hlrp-test-hf-home-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 
 def tiny_spec_dict(cache_dir: Path) -> dict:
@@ -46,3 +54,13 @@ def shard_cache(tmp_path_factory) -> Path:
 def tiny_spec(shard_cache) -> dict:
     """A valid LAQ spec that trains in about a second on CPU."""
     return check_spec(tiny_spec_dict(shard_cache))
+
+
+@pytest.fixture
+def fake_hub(monkeypatch) -> FakeHub:
+    """A fresh fake Hub; HF_ENDPOINT, HF_TOKEN and HF_REPO point the lab at it."""
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_TestTokenValue0123456789")
+        monkeypatch.setenv("HF_REPO", "lab/results")
+        yield hub

@@ -179,7 +179,12 @@ class Trial:
         self.stage_cls.prepare(self.spec)
         means = None if on_eval is None else EvalMeans(self.spec["meta"]["max_session"], on_eval)
         results = self.map_sessions(run_session, means)
-        trial_metrics = aggregate_sessions(results)
+        stage = self.stage_cls
+        trial_metrics = {
+            "metric": stage.metric,
+            "metric_mode": stage.metric_mode,
+            **aggregate_sessions(results),
+        }
         write_json(self.run_dir / "info" / f"{self.prefix}_trial_metrics.json", trial_metrics)
         save_trial_graphs(self.run_dir, self.prefix, self.stage_cls.graph_metrics)
         logger.info(f"trial_metrics: {format_metrics(trial_metrics['mean'])}")

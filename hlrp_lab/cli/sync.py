@@ -1,0 +1,78 @@
+"""``hlrp-lab push``, ``pull`` and ``list``: runs' result tables in the Hub dataset repo ``HF_REPO``."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.lib.errors import SpecError
+
+DATA_ROOT = Path("data")
+Models = Annotated[bool, typer.Option("--upload-models", help="Upload model weights (.safetensors) too.")]
+
+
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. data/laq_debug_2026_11_22_150405")],
+    upload_models: Models = False,
+) -> None:
+    """Upload a run's specs, result tables (Parquet + CSV) and graphs to HF_REPO under data/<run>/."""
+    with cli_errors():
+        upload(run_dir, upload_models)
+
+
+def upload(run_dir: Path, models: bool) -> None:
+    """Upload ``run_dir``; a failure leaves local results alone and prints the command that retries."""
+    from hlrp_lab.lib.hub import hub_target, upload_run
+
+    target = hub_target()
+    try:
+        url = upload_run(run_dir, target, models)
+    except SpecError:
+        raise
+    except Exception as err:  # noqa: BLE001 - network, Hub or disk: whatever failed, say how to retry
+        retry = f"hlrp-lab push {run_dir}" + (" --upload-models" if models else "")
+        typer.echo(
+            f"error: upload of {run_dir} to {target.repo} failed ({type(err).__name__}: {err}); the local "
+            f"results are intact; retry with: {retry}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    typer.echo(f"uploaded {run_dir} to {url}")
+
+
+def pull(
+    pattern: Annotated[str, typer.Argument(help="Run name, spec name or glob (laq_*_2026_11_*)")],
+    list_only: Annotated[bool, typer.Option("--list", help="Only list what would be pulled.")] = False,
+) -> None:
+    """Download matching runs from HF_REPO into data/, skipping runs that are already there."""
+    with cli_errors():
+        from hlrp_lab.lib.hub import hub_target, matching, pull_runs, remote_runs
+
+        target = hub_target()
+        runs = matching(remote_runs(target), pattern)
+        if not runs:
+            typer.echo(f"no run in {target.repo} matches {pattern!r}; see `hlrp-lab list`", err=True)
+            raise typer.Exit(1)
+        if list_only:
+            for run in runs:
+                typer.echo(f"{run}  ({'exists locally' if (DATA_ROOT / run).exists() else 'to pull'})")
+            return
+        pulled = pull_runs(target, runs, DATA_ROOT)
+    for run in runs:
+        typer.echo(f"{'pulled ' if run in pulled else 'skipped'} {DATA_ROOT / run}")
+
+
+def list_runs(
+    pattern: Annotated[str, typer.Argument(help="Run name, spec name or glob; default: every run")] = "*",
+) -> None:
+    """List the runs in HF_REPO: spec, stage, mode and the best trial's metric."""
+    with cli_errors():
+        from hlrp_lab.lib.hub import hub_target, matching, remote_runs, run_row
+
+        target = hub_target()
+        runs = remote_runs(target)
+    names = matching(runs, pattern)
+    typer.echo(f"{len(names)} runs in {target.repo}" + (f" matching {pattern!r}" if pattern != "*" else ""))
+    for run in names:
+        typer.echo(run_row(run, runs[run]))
