@@ -12,6 +12,8 @@ import typer
 
 from hlrp_lab.cli.data import data_app
 from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.cli.remote import run_remote
+from hlrp_lab.cli.sync import Models, list_runs, pull, push, upload
 from hlrp_lab.lib.errors import SpecError
 
 app = typer.Typer(
@@ -45,16 +47,27 @@ def run(
     keep: Annotated[
         int, typer.Option(min=-1, help="search: keep the model files of the best N trials only; -1 keeps all")
     ] = 3,
+    upload_hf: Annotated[
+        bool, typer.Option("--upload-hf", help="Afterwards, upload the results to the Hub repo HF_REPO.")
+    ] = False,
+    upload_models: Models = False,
 ) -> None:
     """Run a spec: writes everything under data/{spec_name}_{timestamp}/."""
     from hlrp_lab.spec.spec_util import parse_mode, parse_sets
 
     with cli_errors():
         lab_mode, values = parse_mode(mode), parse_sets(sets or [])
+        if upload_hf:
+            from hlrp_lab.lib.hub import hub_target
+
+            hub_target()  # fail now, not after training, if the results could not be uploaded
         from hlrp_lab.experiment.lab import run_lab
 
         run_dir = run_lab(spec_file, spec_name, lab_mode, values, keep)
     typer.echo(f"run directory: {run_dir}")
+    if upload_hf:
+        with cli_errors():
+            upload(run_dir, upload_models)
 
 
 @spec_app.command("show")
@@ -124,3 +137,9 @@ def spec_keys(
         typer.echo(spec_keys_markdown())
     elif update_specs_doc(update):
         typer.echo(f"updated {update}")
+
+
+app.command("run-remote")(run_remote)
+app.command("push")(push)
+app.command("pull")(pull)
+app.command("list")(list_runs)

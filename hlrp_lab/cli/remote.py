@@ -1,0 +1,142 @@
+"""``hlrp-lab run-remote``: a run on a cloud machine through dstack; its results come back through the Hub.
+
+The spec is checked here first. The framework keys always, in this process (no torch); the components too
+when the training dependencies are installed, in a child process (``hlrp-lab spec show``), so that this
+command stays light and gives the errors ``run`` would give.
+"""
+
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.lib.errors import SpecError
+
+DSTACK_DIR = Path(".dstack")
+RUN_NAME = re.compile(r"[a-z][a-z0-9-]{1,40}")
+REMOTE_MODES = ("dev", "train", "search")
+
+
+def run_remote(
+    spec_file: Annotated[
+        Path, typer.Argument(help="JSON spec file inside this checkout, e.g. specs/laq.json")
+    ],
+    spec_name: Annotated[str, typer.Argument(help="Name of a spec in that file")],
+    mode: Annotated[str, typer.Argument(help="dev | train | search")] = "train",
+    gpu: Annotated[bool, typer.Option("--gpu", help="Run on a GPU machine (.dstack/run-gpu-*.yml).")] = False,
+    name: Annotated[
+        str | None, typer.Option("-n", "--name", help="dstack run name (default: spec name and time).")
+    ] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("-s", "--set", help="KEY=VALUE, as in `run`. Repeatable.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Check everything, print the command and environment, launch nothing."
+        ),
+    ] = False,
+) -> None:
+    """Launch `hlrp-lab run SPEC_FILE SPEC_NAME MODE --upload-hf` on a cloud machine with dstack."""
+    with cli_errors():
+        from hlrp_lab.lib.hub import hub_target
+
+        if mode not in REMOTE_MODES:
+            raise SpecError(f"mode {mode!r}: run-remote takes one of {', '.join(REMOTE_MODES)}")
+        relative = project_path(spec_file)
+        config = dstack_config(gpu, mode)
+        run_name = name or default_run_name(spec_name)
+        if not RUN_NAME.fullmatch(run_name):
+            raise SpecError(
+                f"-n {run_name}: dstack run names are 2-41 of a-z, 0-9 and -, starting with a letter"
+            )
+        target = hub_target()
+        dstack = shutil.which("dstack")
+        if dstack is None:
+            raise SpecError(
+                "dstack is not installed; install it with `uv tool install dstack` and run `dstack init`"
+            )
+        check_spec_locally(relative, spec_name, mode, sets or [])  # last: the slowest check
+    command = [dstack, "apply", "-f", str(config), "-y", "--detach", "--name", run_name]
+    env = {
+        "SPEC_FILE": relative.as_posix(),
+        "SPEC_NAME": spec_name,
+        "LAB_MODE": mode,
+        "SPEC_VARS": shlex.join(arg for value in sets or [] for arg in ("-s", value)),
+        "HF_TOKEN": target.token,
+        "HF_REPO": target.repo,
+    }
+    if dry_run:
+        typer.echo(shlex.join(command))
+        for key, value in env.items():
+            typer.echo(f"{key}={'***' if key == 'HF_TOKEN' else value}")
+        return
+    typer.echo(f"launching {run_name}: {shlex.join(command)}")
+    completed = subprocess.run(command, env={**os.environ, **env}, check=False)
+    if completed.returncode != 0:
+        typer.echo(f"error: dstack apply exited with code {completed.returncode}", err=True)
+        raise typer.Exit(completed.returncode)
+    typer.echo(
+        f"follow it with `dstack logs {run_name}`; results go to {target.repo}: `hlrp-lab pull {spec_name}`"
+    )
+
+
+def project_path(spec_file: Path) -> Path:
+    """``spec_file`` relative to this checkout, which is what dstack uploads; it must lie inside it."""
+    if not spec_file.is_file():
+        raise SpecError(f"spec file not found: {spec_file}")
+    try:
+        return spec_file.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        raise SpecError(
+            f"{spec_file}: outside this checkout; dstack uploads only the directory it runs from"
+        ) from None
+
+
+def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> None:
+    """The checks of ``run`` before launch: framework keys here, components in a child process if possible."""
+    from hlrp_lab.components.registry import validate_model
+    from hlrp_lab.experiment.search_space import parse_search
+    from hlrp_lab.spec.schema import Spec
+    from hlrp_lab.spec.spec_util import parse_sets, resolve_spec
+
+    spec = validate_model(Spec, resolve_spec(spec_file, spec_name, parse_sets(sets)), "").model_dump()
+    parse_search(spec["search"])
+    if mode == "search" and not spec["search"]:
+        raise SpecError(
+            f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"
+        )
+    if importlib.util.find_spec("torch") is None:
+        return  # the orchestration-only install: components are checked on the remote machine
+    set_args = [arg for value in sets for arg in ("-s", value)]
+    child = subprocess.run(
+        [sys.executable, "-m", "hlrp_lab", "spec", "show", str(spec_file), spec_name, *set_args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise SpecError(child.stderr.strip().removeprefix("error: "))
+
+
+def dstack_config(gpu: bool, mode: str) -> Path:
+    config = DSTACK_DIR / f"run-{'gpu' if gpu else 'cpu'}-{'search' if mode == 'search' else 'train'}.yml"
+    if not config.is_file():
+        raise SpecError(f"{config} not found; run run-remote from the root of the hlrp-lab checkout")
+    return config
+
+
+def default_run_name(spec_name: str) -> str:
+    """``{spec-name}-{MMDD-HHMMSS}``: dstack replaces a running run of the same name, so names are unique."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", spec_name.lower()).strip("-")[:28] or "run"
+    stem = stem if stem[0].isalpha() else f"r-{stem}"
+    return f"{stem}-{datetime.now():%m%d-%H%M%S}"
