@@ -7,8 +7,8 @@ import typer
 
 from hlrp_lab.cli.errors import cli_errors
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.runs import DATA_ROOT
 
-DATA_ROOT = Path("data")
 Models = Annotated[bool, typer.Option("--upload-models", help="Upload model weights (.safetensors) too.")]
 
 

@@ -9,7 +9,8 @@ from loguru import logger
 from hlrp_lab.experiment.control import Experiment, Trial
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
-from hlrp_lab.lib.util import RUN_DIR_NAME, git_sha, make_run_dir, timestamp, write_json
+from hlrp_lab.lib.runs import DATA_ROOT, newest_run, saved_spec_path
+from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
     Mode,
@@ -19,8 +20,6 @@ from hlrp_lab.spec.spec_util import (
     resolve_spec,
     select_spec,
 )
-
-DATA_ROOT = Path("data")
 
 
 def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int = 3) -> Path:
@@ -50,10 +49,6 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     else:
         Trial(spec).run()
     return run_dir
-
-
-def saved_spec_path(run_dir: Path, spec_name: str) -> Path:
-    return run_dir / "info" / f"{spec_name}_spec.json"
 
 
 def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) -> dict:
@@ -93,11 +88,7 @@ def evaluate_run(run_dir: Path, spec_name: str) -> Path:
 
 def latest_run_dir(spec_name: str, root: Path = DATA_ROOT) -> Path:
     """The newest ``{spec_name}_{timestamp}`` directory under ``root``."""
-    runs = []
-    for path in root.glob(f"{spec_name}_*"):
-        match = RUN_DIR_NAME.fullmatch(path.name)
-        if match and match["spec"] == spec_name and saved_spec_path(path, spec_name).is_file():
-            runs.append((match["ts"], int(match["n"] or 0), path))
-    if not runs:
+    run_dir = newest_run(spec_name, root)
+    if run_dir is None:
         raise SpecError(f"no run of {spec_name!r} under {root}/; train one first or pass eval@RUN_DIR")
-    return max(runs)[2]
+    return run_dir

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 from loguru import logger
 
+from hlrp_lab.lib.runs import run_dir_spec_name, saved_spec_path
 from hlrp_lab.lib.scrub import holds_secret, mask_secret_keys, scrub_text
-from hlrp_lab.lib.util import run_dir_spec_name
 
 RESULT_PATTERNS = ("info/*.json", "info/*.csv", "info/*.parquet", "graph/*.png", "graph/*.html")
 MODEL_PATTERNS = ("model/*.safetensors",)
@@ -94,7 +94,7 @@ def to_parquet(table: pd.DataFrame) -> bytes:
 def run_summary(run_dir: Path, trials: list[pd.DataFrame]) -> dict:
     """Spec, stage, mode, start time, trials and the best trial's metric: the run's line on the repo's card."""
     spec_name = run_dir_spec_name(run_dir.name) or ""
-    spec_file = run_dir / "info" / f"{spec_name}_spec.json"
+    spec_file = saved_spec_path(run_dir, spec_name)
     spec = json.loads(spec_file.read_text()).get(spec_name, {}) if spec_file.is_file() else {}
     meta = spec.get("meta", {})
     summary = {

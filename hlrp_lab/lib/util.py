@@ -2,14 +2,12 @@
 
 import json
 import os
-import re
 import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 RUN_SUBDIRS = ("info", "graph", "log", "model")
-RUN_DIR_NAME = re.compile(r"(?P<spec>.+)_(?P<ts>\d{4}_\d{2}_\d{2}_\d{6})(?:_(?P<n>\d+))?")
 
 
 def timestamp() -> str:
@@ -29,12 +27,6 @@ def make_run_dir(root: Path, spec_name: str, ts: str) -> Path:
             (run_dir / sub).mkdir()
         return run_dir
     raise FileExistsError(f"no free run directory for {spec_name}_{ts} under {root}")
-
-
-def run_dir_spec_name(name: str) -> str | None:
-    """The spec name in a run directory's name ``{spec_name}_{timestamp}[_{n}]``; None if it is not one."""
-    match = RUN_DIR_NAME.fullmatch(name)
-    return match["spec"] if match else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
