@@ -12,6 +12,7 @@ import typer
 
 from hlrp_lab.cli.data import data_app
 from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.cli.plot import plot, plot_list
 from hlrp_lab.cli.remote import run_remote
 from hlrp_lab.cli.sync import Models, list_runs, pull, push, upload
 from hlrp_lab.lib.errors import SpecError
@@ -143,3 +144,5 @@ app.command("run-remote")(run_remote)
 app.command("push")(push)
 app.command("pull")(pull)
 app.command("list")(list_runs)
+app.command("plot")(plot)
+app.command("plot-list")(plot_list)
