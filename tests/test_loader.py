@@ -11,8 +11,8 @@ from loguru import logger
 
 from hlrp_lab.data.dataset import check_readable, data_urls
 from hlrp_lab.data.episode import Episode
-from hlrp_lab.data.loader import FrameData, batches, scene_stream
-from hlrp_lab.data.pairs import FramePairs, batch_indices, is_val_scene
+from hlrp_lab.data.loader import FrameData, batches, first_per_task, scene_stream
+from hlrp_lab.data.pairs import FramePairs, batch_indices, collate, is_val_scene, make_pair
 from hlrp_lab.data.shards import expand_shards, write_shards
 from hlrp_lab.experiment.control import Session
 from hlrp_lab.lib.errors import RunError, SpecError
@@ -57,6 +57,8 @@ def data_block(**change) -> dict:
         "val_split": 0.25,
         "val_pairs": 16,
         "max_samples": None,
+        "max_episodes": None,
+        "action_chunk": 1,
     }
     return {**block, **change}
 
@@ -275,3 +277,36 @@ def test_a_single_pair_overfits_at_pair_level(tmp_path):
     spec["meta"].update(spec_name="overfit", run_dir=str(make_run_dir(tmp_path, "overfit", "now")))
     metrics = Session(spec).run()
     assert metrics["val_psnr"] > metrics["copy_psnr"] + 10, json.dumps(metrics)
+
+
+def test_pairs_carry_the_instruction_codes_and_a_padded_action_chunk():
+    base = numbered_episode(0, 5)
+    codes = np.arange(8).reshape(4, 2)
+    episode = Episode(base.frames, "push it", "t", 0, actions=base.actions, codes=codes)
+    pair = make_pair(episode, 1, 1, chunk=3)
+    assert pair["instruction"] == "push it" and pair["codes"].tolist() == [2, 3]
+    assert pair["action_chunk"][:, 0].tolist() == [1, 2, 3]
+    assert make_pair(episode, 3, 1, chunk=3)["action_chunk"][:, 0].tolist() == [3, 3, 3]  # the last repeated
+    batch = collate([pair, make_pair(episode, 0, 1, chunk=3)])
+    assert batch["instruction"] == ["push it", "push it"] and batch["codes"].shape == (2, 2)
+    assert batch["action_chunk"].shape == (2, 3, 2)
+
+
+def test_max_episodes_keeps_the_first_episodes_of_each_task(numbered_shards):
+    episodes = [
+        Episode(e.frames, "", task, i)
+        for i, (e, task) in enumerate((numbered_episode(10 * i, 4), "ab"[i % 2]) for i in range(7))
+    ]
+    assert [e.seed for e in first_per_task(episodes, 2)] == [0, 1, 2, 3]
+    urls = expand_shards(str(numbered_shards))
+    data = FrameData(
+        urls, data_block(pairs="pair", max_episodes=1, val_split=0.0), TRAIN, seed=0, probe_pairs=8
+    )
+    assert len(data.train_episodes) == 1  # every numbered scene has the same (empty) task
+    with pytest.raises(SpecError, match='data.max_episodes applies to data.pairs = "pair" only'):
+        check_spec(
+            {
+                **tiny_spec_dict(Path("unused")),
+                "data": {**tiny_spec_dict(Path("x"))["data"], "max_episodes": 2},
+            }
+        )

@@ -121,6 +121,40 @@ def metaworld(
     write(block, out_dir, size, shard_size, name, overwrite)
 
 
+@data_app.command("label")
+def label(
+    laq_run: Annotated[
+        str, typer.Argument(help="LAQ run: a run directory, a .safetensors file, latest:<spec>")
+    ],
+    shards: Annotated[str, typer.Argument(help="Shards to label: a directory, glob or brace pattern")],
+    out_dir: OutDir,
+    offset: Annotated[
+        int | None, typer.Option(help="k of the labelled pairs (t, t+k); default: the LAQ run's first offset")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per LAQ forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    shard_size: ShardSize = 256.0,
+    name: Name = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Latent-action labels: every episode of SHARDS with the codes the LAQ run gives its pairs (t, t+k)."""
+    with cli_errors():
+        from hlrp_lab.lib.runs import resolve_reference
+
+        reference = resolve_reference(laq_run, "LAQ_RUN")
+        image_size = reference.spec()["data"]["image_size"]
+    typer.echo(f"labelling with {reference.weights}")
+    block = {
+        "name": "label",
+        "laq": laq_run,
+        "shards": shards,
+        "offset": offset,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    write(block, out_dir, image_size, shard_size, name, overwrite)
+
+
 @data_app.command("info")
 def info(directory: Annotated[Path, typer.Argument(help="A shard directory with manifest.json")]) -> None:
     """Print the manifest summary and verify every shard's size and sha256 (exit 1 on a mismatch)."""

@@ -22,6 +22,7 @@ def source_shards(data: dict) -> Path:
         generate=source.episodes,
         total=len(source),
         cache_root=Path(data["cache_dir"]),
+        extra=getattr(source, "manifest_extra", None),
     )
 
 
@@ -56,7 +57,8 @@ def write_dataset(
     """Write the shards of source ``block`` to ``out_dir`` (built beside it, then renamed into place).
 
     Returns the manifest and the source (which may count what it skipped). An existing non-empty ``out_dir``
-    is replaced only with ``overwrite``; a source that yields no episode writes nothing and raises.
+    is replaced only with ``overwrite``; a source that yields no episode writes nothing and raises. A source
+    with a ``manifest_extra`` dict adds its keys to the manifest (the label source records its LAQ run).
     """
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise SpecError(f"{out_dir} exists and is not empty; pass --overwrite or choose another directory")
@@ -71,6 +73,7 @@ def write_dataset(
             source_args=source.config.model_dump(),
             total=len(source),
             shard_size_mb=shard_size_mb,
+            extra=getattr(source, "manifest_extra", None),
         )
         if manifest["num_samples"] == 0:
             raise RunError(f"data {block['name']}: no episode could be read; nothing written to {out_dir}")

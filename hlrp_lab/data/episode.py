@@ -9,7 +9,9 @@ import numpy as np
 class Episode:
     """A scene of ``T`` frames. ``actions[i]`` moves frame ``i`` to frame ``i + 1``.
 
-    Videos have no actions; simulator demonstrations have all fields.
+    Videos have no actions; simulator demonstrations have all fields. ``codes`` are latent actions written by
+    ``hlrp-lab data label``: ``codes[i]`` are the LAQ codes of the pair (frame ``i``, frame ``i + k``) for the
+    labelling offset ``k`` the manifest records.
     """
 
     frames: np.ndarray  # uint8 (T, H, W, 3)
@@ -20,3 +22,4 @@ class Episode:
     states: np.ndarray | None = None  # float32 (T, S): proprioceptive state at each frame
     success: np.ndarray | None = None  # bool (T,): task solved at each frame
     scene: str | None = None  # episodes of one scene (clips of a video) stay on one side of the val split
+    codes: np.ndarray | None = None  # int64 (T-k, num_tokens): latent action codes of (i, i + k)

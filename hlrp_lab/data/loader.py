@@ -59,7 +59,9 @@ def train_scene_pairs(data: dict, seed: int) -> Callable[[Iterable[Sample]], Ite
             pairs = (
                 []
                 if is_val_scene(episode.scene, data["val_split"])
-                else sample_pairs(episode, data["offsets"], data["pairs_per_scene"], rng)
+                else sample_pairs(
+                    episode, data["offsets"], data["pairs_per_scene"], rng, data["action_chunk"]
+                )
             )
             barren = 0 if pairs else barren + 1
             if barren > MAX_BARREN_INPUTS:
@@ -139,6 +141,17 @@ def batches(pipeline: wds.DataPipeline, num_workers: int) -> Iterator[Sample]:
     return iter(loader)
 
 
+def first_per_task(episodes: list[Episode], count: int) -> list[Episode]:
+    """The first ``count`` episodes of each task, in order."""
+    seen: dict[str, int] = {}
+    kept = []
+    for episode in episodes:
+        seen[episode.task] = seen.get(episode.task, 0) + 1
+        if seen[episode.task] <= count:
+            kept.append(episode)
+    return kept
+
+
 class HeldOutPairs:
     """Fixed pairs read once in shard order: validation pairs and training pairs for the linear probe."""
 
@@ -151,7 +164,8 @@ class HeldOutPairs:
             target, count = (self.val, val_count) if held_out else (self.probe, probe_count)
             if len(target) < count:
                 per_scene = min(VAL_PAIRS_PER_SCENE, count - len(target))
-                target.extend(sample_pairs(episode, data["offsets"], per_scene, scene_rng(episode.scene)))
+                rng = scene_rng(episode.scene)
+                target.extend(sample_pairs(episode, data["offsets"], per_scene, rng, data["action_chunk"]))
             if len(self.val) >= val_count and len(self.probe) >= probe_count:
                 break
 
@@ -187,10 +201,15 @@ class FrameData:
 
     def index_train_pairs(self, episodes: list[Episode]) -> FramePairs:
         train = [e for e in episodes if not is_val_scene(e.scene, self.data["val_split"])]
+        if self.data["max_episodes"] is not None:
+            train = first_per_task(train, self.data["max_episodes"])
         if not train:
             raise RunError("data: no training scenes; lower data.val_split or add scenes")
-        pairs = FramePairs(train, self.data["offsets"], self.data["max_samples"])
+        pairs = FramePairs(
+            train, self.data["offsets"], self.data["max_samples"], chunk=self.data["action_chunk"]
+        )
         logger.info(f"data: {len(pairs)} training pairs from {len(train)} scenes (pair level)")
+        self.train_episodes = train
         return pairs
 
     def note_skipped(self, urls: list[str]) -> None:

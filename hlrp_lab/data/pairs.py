@@ -5,9 +5,10 @@ capped at ``max_samples``; batches are a pure function of (seed, step). Scene le
 stream yields ``pairs_per_scene`` random pairs (``sample_pairs``).
 
 Pairs and batches hold uint8 (H, W, 3) frames; ``to_float`` turns a batch into float (B, 3, H, W) tensors in
-[0, 1] on the training device.
-A pair's ``action`` is the sum of the actions from t to t+k (the net command), present where the data has
-actions.
+[0, 1] on the training device. Every pair has its episode's ``instruction``. Where the data has actions, a
+pair's ``action`` is the sum of the actions from t to t+k (the net command) and ``action_chunk`` the
+``chunk`` actions from t (padded with the episode's last action); where it has latent codes, ``codes`` are
+those of frame t.
 """
 
 import hashlib
@@ -36,39 +37,58 @@ def valid_pairs(length: int, offsets: list[int]) -> list[tuple[int, int]]:
     return [(t, k) for k in offsets for t in range(length - k)]
 
 
-def make_pair(episode: Episode, t: int, k: int) -> dict[str, Any]:
-    """Views of frames t and t+k (H, W, 3) and the summed actions between them; ``collate`` copies once."""
-    pair = {"frame_t": episode.frames[t], "frame_tk": episode.frames[t + k]}
+def make_pair(episode: Episode, t: int, k: int, chunk: int = 1) -> dict[str, Any]:
+    """Views of frames t and t+k (H, W, 3) with the instruction, actions and codes of frame t (see the module
+    docstring); ``collate`` copies once."""
+    pair = {
+        "frame_t": episode.frames[t],
+        "frame_tk": episode.frames[t + k],
+        "instruction": episode.instruction,
+    }
     if episode.actions is not None:
         pair["action"] = episode.actions[t : t + k].sum(0, dtype=np.float32)
+        pair["action_chunk"] = episode.actions[np.minimum(np.arange(t, t + chunk), len(episode.actions) - 1)]
+    if episode.codes is not None:
+        pair["codes"] = episode.codes[t]
     return pair
 
 
 def sample_pairs(
-    episode: Episode, offsets: list[int], count: int, rng: random.Random
+    episode: Episode, offsets: list[int], count: int, rng: random.Random, chunk: int = 1
 ) -> list[dict[str, Any]]:
     """Up to ``count`` distinct random pairs of ``episode`` (none if it is shorter than every offset)."""
     candidates = valid_pairs(len(episode.frames), offsets)
-    return [make_pair(episode, t, k) for t, k in rng.sample(candidates, min(count, len(candidates)))]
+    return [make_pair(episode, t, k, chunk) for t, k in rng.sample(candidates, min(count, len(candidates)))]
 
 
-def collate(pairs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Stack pairs into a batch of uint8 (B, H, W, 3) frames; ``action`` only if every pair has one.
+ARRAY_KEYS = ("action", "action_chunk", "codes")  # in a batch only if every pair has them
+
+
+def collate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack pairs into a batch of uint8 (B, H, W, 3) frames, the arrays every pair has, and the list of
+    instructions.
 
     Batches stay numpy until ``to_float``: DataLoader workers pass numpy arrays through a pipe much faster
     than they pass small tensors through shared memory.
     """
-    batch = {key: np.stack([p[key] for p in pairs]) for key in ("frame_t", "frame_tk")}
-    if all("action" in p for p in pairs):
-        batch["action"] = np.stack([p["action"] for p in pairs])
+    batch: dict[str, Any] = {key: np.stack([p[key] for p in pairs]) for key in ("frame_t", "frame_tk")}
+    for key in ARRAY_KEYS:
+        if all(key in p for p in pairs):
+            batch[key] = np.stack([p[key] for p in pairs])
+    batch["instruction"] = [p["instruction"] for p in pairs]
     return batch
 
 
-def to_float(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """The batch as tensors on ``device``: frames float32 (B, 3, H, W) in [0, 1]."""
-    moved = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+def to_float(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch on ``device``: arrays as tensors, frames float32 (B, 3, H, W) in [0, 1]; instructions as
+    they are."""
+    moved = {
+        k: torch.from_numpy(v).to(device, non_blocking=True) if isinstance(v, np.ndarray) else v
+        for k, v in batch.items()
+    }
     for key in ("frame_t", "frame_tk"):
-        moved[key] = moved[key].permute(0, 3, 1, 2).float().div_(255).contiguous()
+        if key in moved:
+            moved[key] = moved[key].permute(0, 3, 1, 2).float().div_(255).contiguous()
     return moved
 
 
@@ -76,14 +96,19 @@ class FramePairs:
     """Pair level: every valid (t, t+k) of the episodes for each offset, optionally a fixed random subset."""
 
     def __init__(
-        self, episodes: list[Episode], offsets: list[int], max_samples: int | None = None, seed: int = 0
+        self,
+        episodes: list[Episode],
+        offsets: list[int],
+        max_samples: int | None = None,
+        seed: int = 0,
+        chunk: int = 1,
     ):
         longest = max((len(e.frames) for e in episodes), default=0)
         if longest <= min(offsets):
             raise ValueError(
                 f"data.offsets {offsets}: no episode is long enough (longest has {longest} frames)"
             )
-        self.episodes = episodes
+        self.episodes, self.chunk = episodes, chunk
         self.index = [
             (e, t, k) for e, ep in enumerate(episodes) for t, k in valid_pairs(len(ep.frames), offsets)
         ]
@@ -96,9 +121,9 @@ class FramePairs:
 
     def pair(self, i: int) -> dict[str, Any]:
         e, t, k = self.index[i]
-        return make_pair(self.episodes[e], t, k)
+        return make_pair(self.episodes[e], t, k, self.chunk)
 
-    def batch(self, indices: torch.Tensor) -> dict[str, np.ndarray]:
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]:
         return collate([self.pair(int(i)) for i in indices])
 
 

@@ -2,7 +2,8 @@
 
 A sample is one episode under the key ``ep{index:06d}``: ``frames.npy`` (uint8 T,H,W,3), ``instruction.txt``,
 ``meta.json`` ({"task", "seed", "episode", "scene"}) and, where the source has them, ``actions.npy``
-(float32 T-1,A), ``states.npy`` (float32 T,S) and ``success.npy`` (bool T). One sample per episode keeps a
+(float32 T-1,A), ``states.npy`` (float32 T,S), ``success.npy`` (bool T) and ``codes.npy`` (int64 T-k,K: latent
+actions from ``hlrp-lab data label``). One sample per episode keeps a
 scene's frames together, so frame pairs at any offset are cut after reading and the train/val split is by
 scene. ``manifest.json`` is written last and lists every shard with its sample count, size and sha256.
 """
@@ -38,12 +39,14 @@ ARRAYS = {  # sample key -> Episode field, for the optional arrays
     "actions.npy": "actions",
     "states.npy": "states",
     "success.npy": "success",
+    "codes.npy": "codes",
 }
 KEY_DTYPES = {
     "frames.npy": "uint8 (T, H, W, 3)",
     "actions.npy": "float32 (T-1, A)",
     "states.npy": "float32 (T, S)",
     "success.npy": "bool (T,)",
+    "codes.npy": "int64 (T-k, K)",
     "instruction.txt": "utf-8 text",
     "meta.json": '{"task": str, "seed": int, "episode": int, "scene": str}',
 }
@@ -114,14 +117,16 @@ def write_shards(
     source_args: dict,
     total: int | None = None,
     shard_size_mb: float = 256.0,
+    extra: dict | None = None,
 ) -> dict:
-    """Write ``{name}-{index:06d}.tar`` shards, then ``manifest.json``; returns the manifest.
+    """Write ``{name}-{index:06d}.tar`` shards, then ``manifest.json`` (with ``extra`` keys); returns the
+    manifest.
 
     A shard is closed once it holds ``shard_size_mb`` or more, so it exceeds that by less than one episode.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
-    num_frames, image_size, keys = 0, None, set()
+    num_frames, image_size, keys, instructions = 0, None, set(), set()
     pattern = str(out_dir / f"{name}-%06d.tar")
     # a fixed integer mtime: no PAX header per member (half the parsing) and byte-identical regenerations
     writer_args = {"maxsize": int(shard_size_mb * 1e6), "maxcount": 10**9, "verbose": 0, "mtime": 0}
@@ -133,6 +138,7 @@ def write_shards(
             num_frames += len(episode.frames)
             image_size = episode.frames.shape[1]
             keys.update(k for k in sample if not k.startswith("__"))
+            instructions.add(episode.instruction)
     manifest = {
         "format": FORMAT_VERSION,
         "name": name,
@@ -144,7 +150,9 @@ def write_shards(
         "num_episodes": sum(counts.values()),
         "num_frames": num_frames,
         "keys": {key: KEY_DTYPES[key] for key in sorted(keys)},
+        "instructions": sorted(instructions),
         "shards": [shard_entry(out_dir / file, count) for file, count in counts.items()],
+        **(extra or {}),
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -230,6 +238,7 @@ def cached_shards(
     generate: Callable[[], Iterable[Episode]],
     total: int,
     cache_root: Path = Path("data/cache"),
+    extra: dict | None = None,
 ) -> Path:
     """``cache_root/{source}-{hash}``: generated once (into a temporary directory renamed into place), then reused."""
     target = cache_root / f"{source}-{cache_key(source, source_args, image_size)}"
@@ -239,7 +248,9 @@ def cached_shards(
     tmp = cache_root / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
     logger.info(f"generating {total} {source} episodes into {target}")
     try:
-        write_shards(generate(), tmp, name=source, source=source, source_args=source_args, total=total)
+        write_shards(
+            generate(), tmp, name=source, source=source, source_args=source_args, total=total, extra=extra
+        )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

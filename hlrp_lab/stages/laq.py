@@ -2,8 +2,10 @@
 
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from loguru import logger
+from safetensors.torch import load_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -11,6 +13,8 @@ from hlrp_lab.components.registry import DECODERS, ENCODERS, QUANTIZERS, STAGES,
 from hlrp_lab.data.dataset import check_readable, data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
+from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.runs import RunReference
 from hlrp_lab.stages.base import Stage
 from hlrp_lab.stages.metrics import codebook_usage, linear_probe_r2, per_image_mse, psnr
 
@@ -36,6 +40,10 @@ class LatentActionModel(nn.Module):
         quantized = self.quantizer(self.encoder(frame_t, frame_tk))
         reconstruction = self.decoder(frame_t, quantized.quantized)
         return LAQOutput(reconstruction, quantized.quantized, quantized.indices, quantized.loss)
+
+    def codes(self, frame_t: torch.Tensor, frame_tk: torch.Tensor) -> torch.Tensor | None:
+        """The latent action codes (B, num_tokens) of the transitions; None for a continuous latent."""
+        return self.quantizer(self.encoder(frame_t, frame_tk)).indices
 
 
 @STAGES.register_as("laq")
@@ -138,3 +146,26 @@ class LAQStage(Stage):
             if "action" in batch:
                 parts["action"].append(batch["action"])
         return {key: torch.cat(values) if values else None for key, values in parts.items()}
+
+
+def load_laq(reference: RunReference, device: torch.device) -> LatentActionModel:
+    """The LAQ model of a run with the referenced weights, in eval mode on ``device``."""
+    spec = reference.spec()
+    if spec["stage"] != "laq":
+        raise SpecError(f"{reference.run_dir} is a {spec['stage']!r} run, not an LAQ run")
+    model = LAQStage.build_model(spec).to(device)
+    load_model(model, str(reference.weights), device=str(device))
+    return model.eval()
+
+
+@torch.no_grad()
+def label_episode(model: LatentActionModel, frames: np.ndarray, offset: int, batch_size: int) -> np.ndarray:
+    """int64 (T - offset, num_tokens): the codes of every pair (t, t + offset) of an episode's frames."""
+    device = next(model.parameters()).device
+    starts = np.arange(len(frames) - offset)
+    codes = []
+    for chunk in np.array_split(starts, max(1, -(-len(starts) // batch_size))):
+        pairs = {"frame_t": frames[chunk], "frame_tk": frames[chunk + offset]}
+        batch = to_float(pairs, device)
+        codes.append(model.codes(batch["frame_t"], batch["frame_tk"]).cpu().numpy())
+    return np.concatenate(codes).astype(np.int64)
