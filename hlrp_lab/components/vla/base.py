@@ -1,0 +1,135 @@
+"""The vision-language backbone of stages 2 and 3: a transformers VLM that reads a frame and an instruction.
+
+A family subclass names the transformers class, its small default config (built from scratch, for tests and
+CPU specs) and how a frame enters the model. ``pretrained`` loads real weights with ``from_pretrained``
+instead (a hub id or a local ``save_pretrained`` directory). The prompt is the family's image block, the
+instruction, then the stage's ``suffix`` tokens (its queries), left-padded so that the suffix is last.
+"""
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pydash
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn import functional as F
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from hlrp_lab.lib.errors import SpecError
+
+
+class VLAConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pretrained: str | None = Field(
+        None,
+        description="Hub model id or local save_pretrained directory to load weights (and tokenizer) from; "
+        "null builds the family's small model from `config`, randomly initialised.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the family's small default config, merged into it "
+        '(e.g. {"text_config": {"num_hidden_layers": 4}}); ignored with `pretrained`.',
+    )
+    image_size: int | None = Field(
+        None, gt=0, description="Frames are resized to this; null: the vision tower's image_size."
+    )
+    freeze: bool = Field(False, description="Freeze the backbone; only the stage's heads train.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Weights dtype of a pretrained model (bf16 autocast on CUDA either way)."
+    )
+
+
+class VLABackbone(nn.Module, ABC):
+    """A transformers VLM returning the last hidden states of [image block, instruction, suffix]."""
+
+    Config = VLAConfig
+    model_class: ClassVar[type[PreTrainedModel]]
+    image_mean: ClassVar[tuple[float, float, float]]
+    image_std: ClassVar[tuple[float, float, float]]
+
+    def __init__(self, config: VLAConfig, *, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.tokenizer = tokenizer
+        if config.pretrained is None:
+            self.model = self.model_class(self.small_config(config.config, tokenizer))
+        else:
+            self.model = load_pretrained(self.model_class, config.pretrained, getattr(torch, config.dtype))
+        if self.model.get_input_embeddings().num_embeddings < len(tokenizer):
+            self.model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        self.image_size = config.image_size or self.model.config.vision_config.image_size
+        self.register_buffer("mean", torch.tensor(self.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.image_std).view(1, 3, 1, 1), persistent=False)
+        self.model.requires_grad_(not config.freeze)
+        self.prompts: dict[tuple[str, str], list[int]] = {}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    @abstractmethod
+    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+        """The family's small config with ``overrides`` merged in, its token ids from ``tokenizer``."""
+
+    @abstractmethod
+    def image_block(self) -> str:
+        """The prompt text that stands for the frame (image tokens and their delimiters)."""
+
+    @abstractmethod
+    def image_inputs(self, pixels: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's image inputs for normalised (B, 3, S, S) ``pixels``."""
+
+    def token(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(token_id)
+
+    def encode(self, instructions: list[str], suffix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask (B, L) of each prompt, left-padded; prompts are cached by text."""
+        rows = []
+        for instruction in instructions:
+            key = (instruction, suffix)
+            if key not in self.prompts:
+                text = f"{self.image_block()}{instruction}{suffix}"
+                self.prompts[key] = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            rows.append(self.prompts[key])
+        length = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (length - len(row)) + row for row in rows])
+        mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
+        device = self.mean.device
+        return ids.to(device), mask.to(device)
+
+    def forward(
+        self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Last hidden states (B, L, hidden_size) for frames (B, 3, H, W) in [0, 1] and encoded prompts."""
+        pixels = F.interpolate(
+            frames, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
+        )
+        pixels = ((pixels - self.mean) / self.std).to(self.model.dtype)
+        out = self.model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **self.image_inputs(pixels, input_ids),
+        )
+        return out.last_hidden_state
+
+
+def load_pretrained(model_class: type[PreTrainedModel], name: str, dtype: torch.dtype) -> PreTrainedModel:
+    """``from_pretrained`` of a hub id or local directory; a missing local path fails with a clear error."""
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise SpecError(f"model.vla.pretrained: {name} is not a directory")
+    try:
+        return model_class.from_pretrained(name, dtype=dtype)
+    except OSError as err:
+        raise SpecError(
+            f"model.vla.pretrained: cannot load {name!r} ({str(err).splitlines()[0]}); give a hub id this "
+            "machine can download, or a local save_pretrained directory"
+        ) from None
+
+
+def merged(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` with ``overrides`` merged in, nested dicts key by key."""
+    return pydash.merge({}, defaults, overrides)

@@ -1,0 +1,102 @@
+"""Qwen2-VL: a ViT over 2x2-merged patches with multimodal rotary positions, a Qwen2 language model.
+
+A frame becomes (image_size / patch_size)^2 / spatial_merge_size^2 image tokens between the vision start and
+end tokens; its pixels are cut into patches in the order of Qwen2-VL's image processor (a still image is
+repeated over the temporal patch). Real weights: ``Qwen/Qwen2-VL-2B-Instruct``.
+"""
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+from hlrp_lab.components.registry import VLAS
+from hlrp_lab.components.vla.base import VLABackbone, merged
+
+SMALL_CONFIG = {
+    "vision_config": {
+        "depth": 2,
+        "embed_dim": 32,
+        "hidden_size": 64,  # = the text hidden size
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 8,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "text_config": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        # head_dim 16: the (time, height, width) sections of the rotary dims sum to head_dim / 2
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+    },
+    "tie_word_embeddings": False,
+}
+SMALL_IMAGE_SIZE = 64
+
+
+@VLAS.register
+class Qwen2VL(VLABackbone):
+    """Qwen2-VL from transformers; small default: 64 px frames, 16 image tokens, 2+2 layers."""
+
+    model_class = Qwen2VLForConditionalGeneration
+    image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP's, as Qwen2-VL's image processor
+    image_std = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, config, *, tokenizer: PreTrainedTokenizerBase):
+        if config.image_size is None:  # the vision config has no image size: Qwen2-VL takes any
+            config = config.model_copy(update={"image_size": SMALL_IMAGE_SIZE})
+        super().__init__(config, tokenizer=tokenizer)
+
+    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Qwen2VLConfig:
+        config = merged(SMALL_CONFIG, overrides)
+        ids = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        config["text_config"] = {**config["text_config"], "vocab_size": len(tokenizer), **ids}
+        tokens = {
+            "image_token_id": "<image>",
+            "vision_start_token_id": "<vision_start>",
+            "vision_end_token_id": "<vision_end>",
+        }
+        return Qwen2VLConfig(
+            **config, **{key: tokenizer.convert_tokens_to_ids(t) for key, t in tokens.items()}
+        )
+
+    def image_tokens(self) -> int:
+        vision = self.model.config.vision_config
+        return (self.image_size // vision.patch_size) ** 2 // vision.spatial_merge_size**2
+
+    def image_block(self) -> str:
+        config = self.model.config
+        images = self.token(config.image_token_id) * self.image_tokens()
+        return f"{self.token(config.vision_start_token_id)}{images}{self.token(config.vision_end_token_id)}"
+
+    def image_inputs(self, pixels: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        vision = self.model.config.vision_config
+        patches, grid = patchify(
+            pixels, vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size
+        )
+        image_tokens = (input_ids == self.model.config.image_token_id).int()
+        return {"pixel_values": patches, "image_grid_thw": grid, "mm_token_type_ids": image_tokens}
+
+
+def patchify(
+    images: torch.Tensor, patch: int, merge: int, temporal: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> patches (B * h * w, C * temporal * patch^2) in Qwen2-VL's order, and the (t, h, w)
+    grid of each image."""
+    batch, channels, height, width = images.shape
+    rows, cols = height // patch, width // patch
+    x = images.unsqueeze(1).expand(batch, temporal, channels, height, width)
+    x = x.reshape(batch, temporal, channels, rows // merge, merge, patch, cols // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # B, h/m, w/m, m, m, C, temporal, p, p
+    patches = x.reshape(batch * rows * cols, channels * temporal * patch * patch)
+    grid = torch.tensor([[1, rows, cols]] * batch, device=images.device)
+    return patches, grid

@@ -1,0 +1,70 @@
+"""SmolVLM (Idefics3 architecture): a SigLIP vision tower, pixel shuffle, a Llama language model.
+
+One frame is one global image tile (no image splitting): (image_size / patch_size)^2 / scale_factor^2 image
+tokens. Real weights: ``HuggingFaceTB/SmolVLM-256M-Instruct`` (512 px tiles, 64 image tokens).
+"""
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
+
+from hlrp_lab.components.registry import VLAS
+from hlrp_lab.components.vla.base import VLABackbone, merged
+
+SMALL_CONFIG = {
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 64,
+        "patch_size": 8,
+    },
+    "text_config": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+    },
+    "scale_factor": 2,
+    "tie_word_embeddings": False,
+}
+
+
+@VLAS.register
+class SmolVLM(VLABackbone):
+    """SmolVLM / Idefics3 from transformers; small default: 64 px frames, 16 image tokens, 2+2 layers."""
+
+    model_class = SmolVLMForConditionalGeneration
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+
+    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> SmolVLMConfig:
+        config = merged(SMALL_CONFIG, overrides)
+        ids = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        config["text_config"] = {**config["text_config"], "vocab_size": len(tokenizer), **ids}
+        return SmolVLMConfig(**config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+
+    def image_tokens(self) -> int:
+        vision = self.model.config.vision_config
+        return (self.image_size // vision.patch_size) ** 2 // self.model.config.scale_factor**2
+
+    def image_block(self) -> str:
+        images = self.token(self.model.config.image_token_id) * self.image_tokens()
+        if "<global-img>" not in self.tokenizer.get_vocab():  # a local tokenizer: the image tokens alone
+            return images
+        around = "<fake_token_around_image>"  # the pretrained processor's single-tile prompt
+        return f"<|im_start|>User:{around}<global-img>{images}{around}"
+
+    def image_inputs(self, pixels: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch, _, height, width = pixels.shape
+        mask = torch.ones(batch, 1, height, width, dtype=torch.bool, device=pixels.device)
+        return {"pixel_values": pixels[:, None], "pixel_attention_mask": mask}
