@@ -22,7 +22,7 @@ def check_spec(spec: dict) -> dict:
     optimizer_kwargs(checked["optim"])
     try:
         with torch.device("meta"):
-            stage_cls.build_model(checked)
+            stage_cls.check_model(checked)
     except ValueError as err:
         raise SpecError(f"model: {err}") from None
     check_search(checked)

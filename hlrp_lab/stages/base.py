@@ -29,7 +29,12 @@ class Stage(ABC):
     @classmethod
     @abstractmethod
     def build_model(cls, spec: dict) -> nn.Module:
-        """The model alone, from spec["model"] and the data sizes; also used to check a spec (meta device)."""
+        """The model alone, from spec["model"] and the data sizes."""
+
+    @classmethod
+    def check_model(cls, spec: dict) -> None:
+        """Dry-build the model to check a spec (called on the meta device: no memory, no data)."""
+        cls.build_model(spec)
 
     @abstractmethod
     def train_batch(self, index: int) -> dict[str, Any]:

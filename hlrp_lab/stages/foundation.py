@@ -1,0 +1,131 @@
+"""Stage 2, foundation: a VLA predicts the LAQ latent action of frame t from the frame and the instruction.
+
+Data: shards labelled with an LAQ run's codes (``hlrp-lab data label``, or a ``label`` data source generated
+and cached on first use). Metrics on held-out scenes: per-token accuracy and whole-action exact match,
+against the majority baseline (the most frequent code of each token, and the most frequent whole action,
+among training pairs).
+"""
+
+from collections import Counter
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from loguru import logger
+from torch.nn import functional as F
+from transformers import PreTrainedTokenizerBase
+
+from hlrp_lab.components.registry import LATENT_HEADS, STAGES, VLAS, Registry
+from hlrp_lab.data.dataset import check_readable, data_urls
+from hlrp_lab.data.loader import FrameData
+from hlrp_lab.data.pairs import to_float
+from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.stages.base import Stage
+from hlrp_lab.stages.vla import (
+    LatentActionVLA,
+    build_vla,
+    labels_of,
+    placeholder_tokenizer,
+    prepare_tokenizer,
+    run_tokenizer,
+)
+
+MAJORITY_PAIRS = 4096  # training pairs the majority baseline is counted on
+
+
+def check_labels(spec: dict, urls: list[str]) -> dict:
+    """The labels of the data, which must fit ``data.offsets`` and the latent head; returns them."""
+    labels = labels_of(urls)
+    if not labels:
+        raise SpecError(
+            "data: these shards have no latent actions; label them with `hlrp-lab data label LAQ_RUN SHARDS "
+            'OUT_DIR`, or name a {"name": "label", "laq": ...} data.source'
+        )
+    if spec["data"]["offsets"] != [labels["offset"]]:
+        raise SpecError(
+            f"data.offsets: the codes label pairs (t, t+{labels['offset']}); pass -s data.offsets=[{labels['offset']}]"
+        )
+    head = spec["model"]["latent_head"]
+    for key in ("num_tokens", "codebook_size"):
+        if head.get(key) != labels[key]:
+            raise SpecError(
+                f"model.latent_head.{key}: {head.get(key)}, but the LAQ run {labels['laq_spec']} has "
+                f"{labels[key]}; pass -s model.latent_head.{key}={labels[key]}"
+            )
+    return labels
+
+
+def majority_baseline(train_codes: np.ndarray, val_codes: np.ndarray) -> dict[str, float]:
+    """Accuracies of always predicting the training pairs' most frequent code per token and whole action."""
+    per_token = np.array([np.bincount(column).argmax() for column in train_codes.T])
+    whole = np.array(Counter(map(tuple, train_codes.tolist())).most_common(1)[0][0])
+    return {
+        "majority_token_acc": float((val_codes == per_token).mean()),
+        "majority_exact_match": float((val_codes == whole).all(1).mean()),
+    }
+
+
+@STAGES.register_as("foundation")
+class FoundationStage(Stage):
+    families: ClassVar[dict[str, Registry]] = {"vla": VLAS, "latent_head": LATENT_HEADS}
+    metric = "val_token_acc"
+    metric_mode = "max"
+    graph_metrics = ("loss", "token_acc", "val_token_acc", "val_exact_match", "majority_token_acc")
+
+    @classmethod
+    def prepare(cls, spec: dict) -> None:
+        urls = data_urls(spec["data"])
+        check_readable(urls, spec["data"])
+        check_labels(spec, urls)
+        prepare_tokenizer(spec, urls)
+
+    @classmethod
+    def build_model(cls, spec: dict, tokenizer: PreTrainedTokenizerBase | None = None) -> LatentActionVLA:
+        return build_vla(spec, tokenizer or placeholder_tokenizer(spec))
+
+    @classmethod
+    def check_model(cls, spec: dict) -> None:
+        if spec["model"]["vla"]["pretrained"] is None:  # a pretrained model's shapes need its download
+            cls.build_model(spec)
+
+    def __init__(self, spec: dict, device: torch.device, seed: int):
+        data = spec["data"]
+        urls = data_urls(data)
+        self.labels = check_labels(spec, urls)
+        self.data = FrameData(urls, data, spec["train"], seed, MAJORITY_PAIRS)
+        self.batch_size, self.device = data["batch_size"], device
+        self.model = self.build_model(spec, run_tokenizer(spec)).to(device)
+        self.baseline = majority_baseline(self.data.probe["codes"], self.data.val["codes"])
+        logger.info(f"latent actions of {self.labels['laq_run']} (offset {self.labels['offset']})")
+
+    def train_batch(self, index: int) -> dict[str, Any]:
+        batch = self.data.train_batch(index)
+        moved = to_float({"frame_t": batch["frame_t"], "codes": batch["codes"]}, self.device)
+        return {**moved, "instruction": batch["instruction"]}
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.model(batch["frame_t"], batch["instruction"])
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["codes"].flatten())
+        accuracy = (logits.argmax(-1) == batch["codes"]).float().mean()
+        return loss, {"token_acc": accuracy.detach()}
+
+    def evaluate(self) -> dict[str, float]:
+        logits = self.logits(self.data.val)
+        codes = torch.from_numpy(self.data.val["codes"]).to(logits.device)
+        correct = logits.argmax(-1) == codes
+        return {
+            "val_loss": F.cross_entropy(logits.flatten(0, 1), codes.flatten()).item(),
+            "val_token_acc": correct.float().mean().item(),
+            "val_exact_match": correct.all(1).float().mean().item(),
+            **self.baseline,
+            "data/skipped_shards": float(len(self.data.skipped)),
+        }
+
+    def logits(self, pairs: dict[str, Any]) -> torch.Tensor:
+        """Latent-code logits (N, K, C) of held-out ``pairs``, in batches."""
+        parts = []
+        for start in range(0, len(pairs["frame_t"]), self.batch_size):
+            chunk = {"frame_t": pairs["frame_t"][start : start + self.batch_size]}
+            frames = to_float(chunk, self.device)["frame_t"]
+            parts.append(self.model(frames, pairs["instruction"][start : start + self.batch_size]).float())
+        return torch.cat(parts)

@@ -1,0 +1,102 @@
+"""What stages 2 and 3 share: the tokenizer, the VLA with its latent queries, and reading labelled data.
+
+The tokenizer is made once per trial (``prepare_tokenizer``) and saved in the run's ``model/tokenizer/``:
+the pretrained model's own, or a word-level one built from the data's instructions; either way with the
+latent head's query tokens added. Sessions, resumed runs, evaluation and later stages load it from there.
+"""
+
+from pathlib import Path
+
+import torch
+from loguru import logger
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from hlrp_lab.components.registry import LATENT_HEADS, VLAS
+from hlrp_lab.components.vla.tokenizer import (
+    load_tokenizer,
+    local_tokenizer,
+    pretrained_tokenizer,
+    save_tokenizer,
+    with_tokens,
+)
+from hlrp_lab.data.shards import MANIFEST, raw_samples, read_manifest
+
+
+class LatentActionVLA(nn.Module):
+    """A VLA backbone and a latent head: the last hidden states of the query tokens appended to the prompt
+    are the model's latent-action features."""
+
+    def __init__(self, backbone: nn.Module, latent_head: nn.Module, query_tokens: list[str]):
+        super().__init__()
+        self.backbone, self.latent_head = backbone, latent_head
+        self.suffix, self.num_queries = "".join(query_tokens), len(query_tokens)
+
+    def query_states(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """(B, K, hidden) for frames (B, 3, H, W) in [0, 1] and their instructions."""
+        ids, mask = self.backbone.encode(instructions, self.suffix)
+        return self.backbone(frames, ids, mask)[:, -self.num_queries :]
+
+    def forward(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Latent-code logits (B, K, codebook_size)."""
+        return self.latent_head(self.query_states(frames, instructions).float())
+
+
+def query_tokens(spec: dict) -> list[str]:
+    block = spec["model"]["latent_head"]
+    return LATENT_HEADS.get(block["name"], "model.latent_head.name").query_tokens(
+        LATENT_HEADS.config(block, "model.latent_head")
+    )
+
+
+def build_vla(spec: dict, tokenizer: PreTrainedTokenizerBase) -> LatentActionVLA:
+    backbone = VLAS.build(spec["model"]["vla"], "model.vla", tokenizer=tokenizer)
+    head = LATENT_HEADS.build(
+        spec["model"]["latent_head"], "model.latent_head", hidden_size=backbone.hidden_size
+    )
+    return LatentActionVLA(backbone, head, query_tokens(spec))
+
+
+def placeholder_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
+    """A tokenizer with the special and query tokens only: enough to dry-build a model from a config."""
+    return with_tokens(local_tokenizer([]), query_tokens(spec))
+
+
+def tokenizer_dir(spec: dict) -> Path:
+    return Path(spec["meta"]["run_dir"]) / "model" / "tokenizer"
+
+
+def prepare_tokenizer(spec: dict, urls: list[str]) -> None:
+    """Make and save the run's tokenizer, unless it exists (a resumed run keeps its own)."""
+    directory = tokenizer_dir(spec)
+    if (directory / "tokenizer_config.json").is_file():
+        return
+    pretrained = spec["model"]["vla"]["pretrained"]
+    if pretrained is not None:
+        tokenizer = pretrained_tokenizer(pretrained)
+    else:
+        instructions = data_instructions(urls)
+        tokenizer = local_tokenizer(instructions)
+        logger.info(f"tokenizer: {len(tokenizer)} tokens from {len(instructions)} distinct instructions")
+    save_tokenizer(with_tokens(tokenizer, query_tokens(spec)), directory)
+
+
+def run_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
+    return load_tokenizer(tokenizer_dir(spec))
+
+
+def data_instructions(urls: list[str]) -> list[str]:
+    """The distinct instructions of the shards: from their manifests, else by reading the samples."""
+    folders = {Path(url).parent for url in urls}
+    if all((folder / MANIFEST).is_file() for folder in folders):
+        manifests = [read_manifest(folder) for folder in folders]
+        if all("instructions" in manifest for manifest in manifests):
+            return sorted({text for manifest in manifests for text in manifest["instructions"]})
+    samples = raw_samples({"url": url} for url in urls)
+    return sorted({s["instruction.txt"].decode() for s in samples if "instruction.txt" in s})
+
+
+def labels_of(urls: list[str]) -> dict:
+    """The ``labels`` block of the shards' manifest (written by ``hlrp-lab data label``), or {}."""
+    manifest_path = Path(urls[0]).parent / MANIFEST
+    return read_manifest(Path(urls[0]).parent).get("labels", {}) if manifest_path.is_file() else {}
