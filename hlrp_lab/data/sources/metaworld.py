@@ -236,20 +236,24 @@ class TaskSimulator:
         frame = self.renderer.render()
         return frame[::-1, ::-1] if self.camera in UPSIDE_DOWN else frame
 
-    def step(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """The expert's clipped action on ``obs``, the next observation, and whether the task is solved."""
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
+        """The expert's action on ``obs``, clipped to [-1, 1] (float32)."""
         with warnings.catch_warnings():  # the experts warn when their gains exceed the action range
             warnings.simplefilter("ignore", UserWarning)
-            action = np.clip(self.policy.get_action(obs), -1.0, 1.0).astype(np.float32)
+            return np.clip(self.policy.get_action(obs), -1.0, 1.0).astype(np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Apply ``action``; the next observation and whether the task is solved."""
         obs, _, _, _, info = self.env.step(action)
-        return action, obs, bool(info["success"])
+        return obs, bool(info["success"])
 
     def episode(self, seed: int, max_steps: int, after_success: int | None) -> Episode:
         obs = self.reset(seed)
         frames, actions, states, success = [self.render()], [], [obs[:4]], [False]
         stop = max_steps
         while len(actions) < stop:
-            action, obs, solved = self.step(obs)
+            action = self.expert_action(obs)
+            obs, solved = self.step(action)
             frames.append(self.render())
             actions.append(action)
             states.append(obs[:4])
