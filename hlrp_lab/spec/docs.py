@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from hlrp_lab.components.registry import DATA_SOURCES, DECODERS, ENCODERS, QUANTIZERS, STAGES, Registry
+from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry
 from hlrp_lab.spec.schema import SECTIONS, Spec
 
 START, END = "<!-- spec-keys:start -->", "<!-- spec-keys:end -->"
@@ -74,11 +74,11 @@ def spec_keys_markdown() -> str:
     parts.append("## Data sources")
     parts += registry_tables(DATA_SOURCES, "data.source")
     parts.append("## Components")
-    for registry, key in (
-        (ENCODERS, "model.encoder"),
-        (QUANTIZERS, "model.quantizer"),
-        (DECODERS, "model.decoder"),
-    ):
+    families: dict[str, Registry] = {}
+    for stage in STAGES.names():
+        for family, registry in STAGES.get(stage, "stage").families.items():
+            families.setdefault(f"model.{family}", registry)
+    for key, registry in families.items():
         parts += registry_tables(registry, key)
     return "\n\n".join(part for part in parts if part) + "\n"
 
