@@ -110,9 +110,9 @@ def test_missing_file_and_invalid_json(tmp_path):
         (
             "data.source.name",
             "youtube",
-            r"data\.source\.name: unknown data source 'youtube'; registered: metaworld, procedural, videos",
+            r"data\.source\.name: unknown data source 'youtube'; registered: label, metaworld, procedural, videos",
         ),
-        ("stage", "lqa", r"stage: unknown stage 'lqa'; registered: laq"),
+        ("stage", "lqa", r"stage: unknown stage 'lqa'; registered: finetune, foundation, laq"),
         ("optim.name", "Adamm", r"optim\.name: unknown optimizer 'Adamm'; torch\.optim has: .*AdamW"),
         ("optim.betaz", [0.9, 0.9], r"optim\.betaz: not an argument of torch\.optim\.AdamW"),
         ("model.decoder.patch_size", 7, r"model: .*patch_size"),

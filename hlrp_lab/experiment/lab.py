@@ -2,6 +2,7 @@
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pydash
 from loguru import logger
@@ -9,7 +10,7 @@ from loguru import logger
 from hlrp_lab.experiment.control import Experiment, Trial
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
-from hlrp_lab.lib.runs import DATA_ROOT, newest_run, saved_spec_path
+from hlrp_lab.lib.runs import DATA_ROOT, newest_run, resolve_reference, saved_spec_path
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
@@ -30,6 +31,7 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     if mode.resume:
         return resume_run(mode.run_dir, spec_name, sets)
     spec = override_mode(check_spec(resolve_spec(spec_file, spec_name, sets)), mode.name)
+    spec = pin_references(spec)
     if mode.name == "search" and not spec["search"]:
         raise SpecError(
             f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"
@@ -49,6 +51,20 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     else:
         Trial(spec).run()
     return run_dir
+
+
+def pin_references(node: Any, key: str = "") -> Any:
+    """``node`` with every ``latest:<spec_name>`` replaced by the run directory it names now, so that the saved
+    spec reproduces the run even after newer runs of that spec."""
+    if isinstance(node, dict):
+        return {k: pin_references(v, f"{key}.{k}" if key else k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [pin_references(v, f"{key}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str) and node.startswith("latest:"):
+        run_dir = resolve_reference(node, key).run_dir
+        logger.info(f"{key}: {node} is {run_dir}")
+        return str(run_dir)
+    return node
 
 
 def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) -> dict:
@@ -80,6 +96,7 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
 def evaluate_run(run_dir: Path, spec_name: str) -> Path:
     """``eval``: evaluate the best checkpoint of every session of a run."""
     spec = load_run_spec(run_dir, spec_name)
+    spec["train"]["eval_rollouts"] = spec["rollout"]["episodes"]  # closed loop, where the stage has it
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name} eval: best checkpoints of {run_dir}")
     Trial(spec).evaluate()

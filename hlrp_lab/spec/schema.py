@@ -63,6 +63,16 @@ class DataSpec(Strict):
         "never shares a scene with training); 0 evaluates on training pairs.",
     )
     val_pairs: PositiveInt = Field(256, description="Held-out frame pairs scored at each evaluation.")
+    max_episodes: PositiveInt | None = Field(
+        None,
+        description="Pair level: train on the first max_episodes episodes of each task (in shard order), e.g. "
+        "a few labelled demonstrations for finetuning; null: all.",
+    )
+    action_chunk: PositiveInt = Field(
+        1,
+        description="Finetune: actions t .. t+action_chunk-1 are the target of frame t (padded with the "
+        "episode's last action).",
+    )
     cache_dir: str = Field("data/cache", description="Where `source` shards are written and reused.")
 
     @model_validator(mode="after")
@@ -72,8 +82,9 @@ class DataSpec(Strict):
                 'give exactly one of data.source (generated and cached, e.g. {"name": "procedural"}) '
                 "or data.shards (shards written by `hlrp-lab data`)"
             )
-        if self.max_samples is not None and self.pairs != "pair":
-            raise ValueError('data.max_samples applies to data.pairs = "pair" only')
+        for key in ("max_samples", "max_episodes"):
+            if getattr(self, key) is not None and self.pairs != "pair":
+                raise ValueError(f'data.{key} applies to data.pairs = "pair" only')
         return self
 
 
@@ -104,6 +115,30 @@ class TrainSpec(Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     dev_max_step: PositiveInt = Field(300, description="`dev` mode caps max_step at this value.")
+    init_from: str | None = Field(
+        None,
+        description="Start from the weights of an earlier run: a run directory, a .safetensors file, or "
+        "latest:<spec_name> (the newest run of that spec under data/). Finetune: a foundation run; null "
+        "trains from scratch.",
+    )
+    eval_rollouts: NonNegativeInt = Field(
+        0,
+        description="Finetune on Meta-World data: closed-loop episodes per task at each evaluation (0: none; "
+        "`eval` mode uses rollout.episodes). Settings in `rollout`.",
+    )
+
+
+class RolloutSpec(Strict):
+    """Closed-loop evaluation in Meta-World (finetune stage), with the camera and image size of the data."""
+
+    episodes: PositiveInt = Field(10, description="`eval` mode: episodes per task, with fixed seeds.")
+    max_steps: PositiveInt = Field(150, description="Steps per episode at most; an episode ends at success.")
+    seed: NonNegativeInt = Field(
+        1000, description="Evaluation seed: episode i of a task gets a seed from (seed, task, i)."
+    )
+    workers: PositiveInt = Field(2, description="Simulator processes stepping episodes in parallel.")
+    videos: NonNegativeInt = Field(2, description="Episodes saved as mp4 in graph/.")
+    tasks: list[str] | None = Field(None, description="Tasks to evaluate; null: every task in the data.")
 
 
 class SearchScheduler(Strict):
@@ -159,6 +194,9 @@ class Spec(Strict):
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and learning-rate schedule.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
     meta: MetaSpec = Field(default_factory=MetaSpec, description="Sessions, trials, seeds, run bookkeeping.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec, description="Closed-loop evaluation in simulation (finetune)."
+    )
     search: dict[str, Any] = Field(
         default_factory=dict,
         description="Search mode: `dotted.spec.path__sampler` -> the sampler's arguments, e.g. "
@@ -171,4 +209,5 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "optim": OptimSpec,
     "train": TrainSpec,
     "meta": MetaSpec,
+    "rollout": RolloutSpec,
 }

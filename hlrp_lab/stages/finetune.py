@@ -1,0 +1,196 @@
+"""Stage 3, finetune: the VLA plus an action head outputs continuous robot commands from a frame and an
+instruction, trained on a small action-labelled set.
+
+``train.init_from`` names the foundation run to start from (its weights and tokenizer); without it the same
+architecture trains from scratch, the baseline that measures what latent pretraining brings. The action
+head reads the last hidden states of the latent queries. Actions are scaled to [-1, 1] with the 1st and 99th
+percentiles of the training actions (OpenVLA's normalisation), kept with the weights. Offline metric: the
+mean squared error of the normalised actions on held-out scenes, against predicting the training mean.
+With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in Meta-World.
+"""
+
+import shutil
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from loguru import logger
+from safetensors.torch import load_model
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from hlrp_lab.components.registry import ACTION_HEADS, LATENT_HEADS, STAGES, VLAS, Registry
+from hlrp_lab.data.dataset import check_readable, data_urls
+from hlrp_lab.data.loader import FrameData
+from hlrp_lab.data.pairs import to_float
+from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.runs import RunReference, resolve_reference
+from hlrp_lab.stages.base import Stage
+from hlrp_lab.stages.rollouts import Rollouts, metaworld_origin
+from hlrp_lab.stages.vla import (
+    LatentActionVLA,
+    build_vla,
+    placeholder_tokenizer,
+    prepare_tokenizer,
+    run_tokenizer,
+    tokenizer_dir,
+)
+
+STATS_PAIRS = 4096  # training pairs for the action statistics at scene level
+CHECK_ACTION_DIM = 4  # a spec is dry-built with this many action dimensions (the data sets the real number)
+
+
+class VLAPolicy(nn.Module):
+    """The VLA's latent-query features -> action head; actions in robot units outside, [-1, 1] inside."""
+
+    def __init__(self, vla: LatentActionVLA, action_head: nn.Module, action_dim: int):
+        super().__init__()
+        self.vla, self.action_head = vla, action_head
+        self.register_buffer("action_low", -torch.ones(action_dim))  # saved with the weights
+        self.register_buffer("action_high", torch.ones(action_dim))
+
+    def features(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        return self.vla.query_states(frames, instructions).flatten(1).float()
+
+    def normalize(self, actions: torch.Tensor) -> torch.Tensor:
+        scaled = 2 * (actions - self.action_low) / (self.action_high - self.action_low).clamp_min(1e-6) - 1
+        return scaled.clamp(-1, 1)
+
+    def denormalize(self, scaled: torch.Tensor) -> torch.Tensor:
+        return (scaled + 1) / 2 * (self.action_high - self.action_low) + self.action_low
+
+    def loss(self, frames: torch.Tensor, instructions: list[str], actions: torch.Tensor) -> torch.Tensor:
+        return self.action_head.loss(self.features(frames, instructions), self.normalize(actions))
+
+    def forward(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Actions (B, chunk, action_dim) in robot units."""
+        return self.denormalize(self.action_head.predict(self.features(frames, instructions)))
+
+
+def foundation_reference(spec: dict) -> RunReference | None:
+    """The foundation run of ``train.init_from``, whose backbone and latent head must be this spec's."""
+    if spec["train"]["init_from"] is None:
+        return None
+    reference = resolve_reference(spec["train"]["init_from"], "train.init_from")
+    foundation = reference.spec()
+    if foundation["stage"] != "foundation":
+        raise SpecError(
+            f"train.init_from: {reference.run_dir} is a {foundation['stage']!r} run, not foundation"
+        )
+    for family in ("vla", "latent_head"):
+        if foundation["model"][family] != spec["model"][family]:
+            raise SpecError(
+                f"model.{family}: differs from the foundation run {reference.run_dir.name}'s "
+                f"({foundation['model'][family]}); use the same block to start from its weights"
+            )
+    return reference
+
+
+@STAGES.register_as("finetune")
+class FinetuneStage(Stage):
+    families: ClassVar[dict[str, Registry]] = {
+        "vla": VLAS,
+        "latent_head": LATENT_HEADS,
+        "action_head": ACTION_HEADS,
+    }
+    metric = "val_action_mse"
+    metric_mode = "min"
+    graph_metrics = ("loss", "val_action_mse", "mean_action_mse", "success_rate")
+
+    @classmethod
+    def prepare(cls, spec: dict) -> None:
+        urls = data_urls(spec["data"])
+        check_readable(urls, spec["data"])
+        reference = foundation_reference(spec)
+        if reference is None:
+            prepare_tokenizer(spec, urls)
+        elif not tokenizer_dir(spec).is_dir():
+            shutil.copytree(reference.run_dir / "model" / "tokenizer", tokenizer_dir(spec))
+        if spec["train"]["eval_rollouts"]:
+            Rollouts.check(urls)
+
+    @classmethod
+    def build_model(
+        cls,
+        spec: dict,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        action_dim: int = CHECK_ACTION_DIM,
+    ) -> VLAPolicy:
+        vla = build_vla(spec, tokenizer or placeholder_tokenizer(spec))
+        features = vla.num_queries * vla.backbone.hidden_size
+        head = ACTION_HEADS.build(
+            spec["model"]["action_head"],
+            "model.action_head",
+            feature_dim=features,
+            action_dim=action_dim,
+            chunk=spec["data"]["action_chunk"],
+        )
+        return VLAPolicy(vla, head, action_dim)
+
+    @classmethod
+    def check_model(cls, spec: dict) -> None:
+        if spec["model"]["vla"]["pretrained"] is None:  # a pretrained model's shapes need its download
+            cls.build_model(spec)
+
+    def __init__(self, spec: dict, device: torch.device, seed: int):
+        data = spec["data"]
+        urls = data_urls(data)
+        self.data = FrameData(urls, data, spec["train"], seed, STATS_PAIRS)
+        if "action_chunk" not in self.data.val:
+            raise SpecError(f"data: {data['shards'] or data['source']} has no actions to finetune on")
+        actions = self.training_actions()
+        self.batch_size, self.device = data["batch_size"], device
+        self.model = self.build_model(spec, run_tokenizer(spec), actions.shape[1]).to(device)
+        low, high = np.percentile(actions, [1, 99], axis=0)
+        self.model.action_low.copy_(torch.from_numpy(low))
+        self.model.action_high.copy_(torch.from_numpy(high))
+        reference = foundation_reference(spec)
+        if reference is not None:
+            load_model(self.model.vla, str(reference.weights), device=str(device))
+            logger.info(f"finetuning from {reference.weights}")
+        # in `eval` mode eval_rollouts is rollout.episodes: closed loop where the data is Meta-World's
+        closed_loop = spec["train"]["eval_rollouts"] and metaworld_origin(urls) is not None
+        self.rollouts = Rollouts(spec, urls) if closed_loop else None
+
+    def training_actions(self) -> np.ndarray:
+        """(N, action_dim) actions of the training scenes: all of them at pair level, else a sample."""
+        if self.data.data["pairs"] == "pair":
+            return np.concatenate([e.actions for e in self.data.train_episodes])
+        return self.data.probe["action_chunk"][:, 0]
+
+    def train_batch(self, index: int) -> dict[str, Any]:
+        batch = self.data.train_batch(index)
+        moved = to_float({"frame_t": batch["frame_t"], "action_chunk": batch["action_chunk"]}, self.device)
+        return {**moved, "instruction": batch["instruction"]}
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model.loss(batch["frame_t"], batch["instruction"], batch["action_chunk"]), {}
+
+    def evaluate(self) -> dict[str, float]:
+        val = self.data.val
+        predicted = self.model.normalize(self.predict(val["frame_t"], val["instruction"]))
+        target = self.model.normalize(torch.from_numpy(val["action_chunk"]).to(predicted.device))
+        train_mean = self.model.normalize(
+            torch.from_numpy(self.training_actions()).to(predicted.device)
+        ).mean(0)
+        metrics = {
+            "val_action_mse": (predicted - target).pow(2).mean().item(),
+            "val_action_l1": (predicted - target).abs().mean().item(),
+            "mean_action_mse": (train_mean - target).pow(2).mean().item(),
+            "data/skipped_shards": float(len(self.data.skipped)),
+        }
+        if self.rollouts is not None:
+            metrics.update(self.rollouts.run(self.policy))
+        return metrics
+
+    def predict(self, frames: np.ndarray, instructions: list[str]) -> torch.Tensor:
+        """Action chunks (N, chunk, action_dim) in robot units for uint8 frames (N, H, W, 3), in batches."""
+        parts = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = to_float({"frame_t": frames[start : start + self.batch_size]}, self.device)
+            parts.append(self.model(batch["frame_t"], instructions[start : start + self.batch_size]).float())
+        return torch.cat(parts)
+
+    def policy(self, frames: np.ndarray, instructions: list[str]) -> np.ndarray:
+        """The first action of each predicted chunk (receding horizon), for closed-loop rollouts."""
+        return self.predict(frames, instructions)[:, 0].cpu().numpy()

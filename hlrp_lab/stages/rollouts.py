@@ -1,0 +1,61 @@
+"""Closed-loop evaluation of a finetuned policy in Meta-World, with the camera and frame size of its data."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from hlrp_lab.data.shards import read_manifest
+from hlrp_lab.lib.errors import SpecError
+
+Policy = Callable[[np.ndarray, list[str]], np.ndarray]  # (uint8 frames (N, H, W, 3), instructions) -> actions
+
+
+def metaworld_origin(urls: list[str]) -> dict | None:
+    """The Meta-World manifest the shards come from (through the labelling that wrote them, if any)."""
+    manifest = read_manifest(Path(urls[0]).parent)
+    while manifest is not None and manifest["source"] != "metaworld":
+        manifest = manifest.get("parent")
+    return manifest
+
+
+class Rollouts:
+    """Episodes of the data's tasks (or ``rollout.tasks``), seeded by ``rollout.seed``, videos in graph/."""
+
+    def __init__(self, spec: dict, urls: list[str]):
+        from hlrp_lab.data.sources.metaworld import resolve_tasks
+
+        origin = metaworld_origin(urls)
+        settings, meta = spec["rollout"], spec["meta"]
+        self.tasks = settings["tasks"] or resolve_tasks(origin["source_args"]["tasks"])
+        self.camera, self.image_size = origin["source_args"]["camera"], origin["image_size"]
+        self.episodes, self.settings = spec["train"]["eval_rollouts"], settings
+        self.video_dir = Path(meta["run_dir"]) / "graph"
+        self.video_prefix = f"{meta['spec_name']}_t{meta['trial']}_s{meta['session']}_rollout"
+
+    @staticmethod
+    def check(urls: list[str]) -> None:
+        """Fail unless the data comes from Meta-World."""
+        if metaworld_origin(urls) is None:
+            raise SpecError(
+                "train.eval_rollouts: closed-loop evaluation runs in Meta-World, and these shards do not come "
+                "from `hlrp-lab data metaworld`; set it to 0"
+            )
+
+    def run(self, policy: Policy) -> dict[str, float]:
+        """Success rate per task and overall, and the mean episode length."""
+        from hlrp_lab.env.metaworld_eval import evaluate_policy
+
+        return evaluate_policy(
+            lambda observation: policy(observation.frames, observation.instructions),
+            self.tasks,
+            self.episodes,
+            image_size=self.image_size,
+            camera=self.camera,
+            max_steps=self.settings["max_steps"],
+            seed=self.settings["seed"],
+            workers=self.settings["workers"],
+            video_dir=self.video_dir,
+            videos=self.settings["videos"],
+            video_prefix=self.video_prefix,
+        )
