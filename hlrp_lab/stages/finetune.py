@@ -25,10 +25,10 @@ from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
-from hlrp_lab.stages.base import Stage
 from hlrp_lab.stages.rollouts import Rollouts, metaworld_origin
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
+    VLAStage,
     build_vla,
     placeholder_tokenizer,
     prepare_tokenizer,
@@ -87,7 +87,7 @@ def foundation_reference(spec: dict) -> RunReference | None:
 
 
 @STAGES.register_as("finetune")
-class FinetuneStage(Stage):
+class FinetuneStage(VLAStage):
     families: ClassVar[dict[str, Registry]] = {
         "vla": VLAS,
         "latent_head": LATENT_HEADS,
@@ -126,11 +126,6 @@ class FinetuneStage(Stage):
             chunk=spec["data"]["action_chunk"],
         )
         return VLAPolicy(vla, head, action_dim)
-
-    @classmethod
-    def check_model(cls, spec: dict) -> None:
-        if spec["model"]["vla"]["pretrained"] is None:  # a pretrained model's shapes need its download
-            cls.build_model(spec)
 
     def __init__(self, spec: dict, device: torch.device, seed: int):
         data = spec["data"]

@@ -20,9 +20,9 @@ from hlrp_lab.data.dataset import check_readable, data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
-from hlrp_lab.stages.base import Stage
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
+    VLAStage,
     build_vla,
     labels_of,
     placeholder_tokenizer,
@@ -66,7 +66,7 @@ def majority_baseline(train_codes: np.ndarray, val_codes: np.ndarray) -> dict[st
 
 
 @STAGES.register_as("foundation")
-class FoundationStage(Stage):
+class FoundationStage(VLAStage):
     families: ClassVar[dict[str, Registry]] = {"vla": VLAS, "latent_head": LATENT_HEADS}
     metric = "val_token_acc"
     metric_mode = "max"
@@ -82,11 +82,6 @@ class FoundationStage(Stage):
     @classmethod
     def build_model(cls, spec: dict, tokenizer: PreTrainedTokenizerBase | None = None) -> LatentActionVLA:
         return build_vla(spec, tokenizer or placeholder_tokenizer(spec))
-
-    @classmethod
-    def check_model(cls, spec: dict) -> None:
-        if spec["model"]["vla"]["pretrained"] is None:  # a pretrained model's shapes need its download
-            cls.build_model(spec)
 
     def __init__(self, spec: dict, device: torch.device, seed: int):
         data = spec["data"]

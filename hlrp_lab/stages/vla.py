@@ -21,6 +21,16 @@ from hlrp_lab.components.vla.tokenizer import (
     with_tokens,
 )
 from hlrp_lab.data.shards import MANIFEST, raw_samples, read_manifest
+from hlrp_lab.stages.base import Stage
+
+
+class VLAStage(Stage):
+    """A stage whose model is built on a VLA backbone (foundation, finetune)."""
+
+    @classmethod
+    def check_model(cls, spec: dict) -> None:
+        if spec["model"]["vla"]["pretrained"] is None:  # a pretrained model's shapes need its download
+            cls.build_model(spec)
 
 
 class LatentActionVLA(nn.Module):

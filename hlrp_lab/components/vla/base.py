@@ -130,6 +130,17 @@ def load_pretrained(model_class: type[PreTrainedModel], name: str, dtype: torch.
         ) from None
 
 
-def merged(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` with ``overrides`` merged in, nested dicts key by key."""
-    return pydash.merge({}, defaults, overrides)
+def small_config(
+    defaults: dict[str, Any], overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase
+) -> dict[str, Any]:
+    """A family's ``defaults`` with ``overrides`` merged in (nested dicts key by key), the text model's
+    vocabulary and special token ids those of ``tokenizer``."""
+    config = pydash.merge({}, defaults, overrides)
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    config["text_config"] = {**config["text_config"], **ids}
+    return config

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from hlrp_lab.components.registry import VLAS
-from hlrp_lab.components.vla.base import VLABackbone, merged
+from hlrp_lab.components.vla.base import VLABackbone, small_config
 
 SMALL_CONFIG = {
     "vision_config": {
@@ -53,13 +53,7 @@ class Qwen2VL(VLABackbone):
         super().__init__(config, tokenizer=tokenizer)
 
     def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Qwen2VLConfig:
-        config = merged(SMALL_CONFIG, overrides)
-        ids = {
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        }
-        config["text_config"] = {**config["text_config"], "vocab_size": len(tokenizer), **ids}
+        config = small_config(SMALL_CONFIG, overrides, tokenizer)
         tokens = {
             "image_token_id": "<image>",
             "vision_start_token_id": "<vision_start>",

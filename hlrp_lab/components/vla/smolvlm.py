@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
 
 from hlrp_lab.components.registry import VLAS
-from hlrp_lab.components.vla.base import VLABackbone, merged
+from hlrp_lab.components.vla.base import VLABackbone, small_config
 
 SMALL_CONFIG = {
     "vision_config": {
@@ -44,13 +44,7 @@ class SmolVLM(VLABackbone):
     image_std = (0.5, 0.5, 0.5)
 
     def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> SmolVLMConfig:
-        config = merged(SMALL_CONFIG, overrides)
-        ids = {
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        }
-        config["text_config"] = {**config["text_config"], "vocab_size": len(tokenizer), **ids}
+        config = small_config(SMALL_CONFIG, overrides, tokenizer)
         return SmolVLMConfig(**config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
 
     def image_tokens(self) -> int:
