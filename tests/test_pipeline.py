@@ -188,3 +188,14 @@ def test_a_finetuned_policy_runs_closed_loop_in_metaworld(tmp_path, shard_cache,
     assert evaluated["episodes"] == 2 and 0 <= evaluated["success/reach-v3"] <= 1
     assert 1 <= evaluated["episode_length"] <= 8 and np.isfinite(evaluated["val_action_mse"])
     assert (run_dir / "graph" / "ft_t0_s0_rollout_reach-v3_0.mp4").stat().st_size > 0
+
+
+def test_a_frozen_backbone_starts_from_the_foundation_and_only_the_head_trains(chain):
+    spec = json.loads((chain["ft"] / "info" / "ft_spec.json").read_text())["ft"]
+    spec["model"]["vla"]["freeze"] = True  # a training option: the foundation's block still matches
+    stage = FinetuneStage(check_spec(spec), torch.device("cpu"), seed=0)
+    assert not any(p.requires_grad for p in stage.model.vla.backbone.parameters())
+    assert all(p.requires_grad for p in stage.model.action_head.parameters())
+    spec["model"]["vla"]["config"] = {"text_config": {"num_hidden_layers": 2}}
+    with pytest.raises(SpecError, match="model.vla: differs from the foundation run vla_"):
+        FinetuneStage(check_spec(spec), torch.device("cpu"), seed=0)

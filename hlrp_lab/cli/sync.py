@@ -68,11 +68,13 @@ def list_runs(
 ) -> None:
     """List the runs in HF_REPO: spec, stage, mode and the best trial's metric."""
     with cli_errors():
-        from hlrp_lab.lib.hub import hub_target, matching, remote_runs, run_row
+        from hlrp_lab.lib.hub import RUNS_TABLE_HEADER, hub_target, matching, remote_runs, run_row
 
         target = hub_target()
         runs = remote_runs(target)
     names = matching(runs, pattern)
     typer.echo(f"{len(names)} runs in {target.repo}" + (f" matching {pattern!r}" if pattern != "*" else ""))
+    if names:
+        typer.echo(RUNS_TABLE_HEADER)
     for run in names:
         typer.echo(run_row(run, runs[run]))

@@ -177,6 +177,7 @@ class FrameData:
         self.urls, self.data, self.seed = urls, data, seed
         self.segment = train["eval_frequency"] * train["grad_accum"]  # micro-batches between checkpoints
         self.skipped: set[str] = set()
+        self.train_episodes: list[Episode] = []  # pair level: the training episodes held in memory
         skipped: list[str] = []
         if data["pairs"] == "pair":
             episodes = list(read_episodes(urls, skipped))

@@ -28,6 +28,7 @@ CARD = "README.md"
 COMMIT_ATTEMPTS = 3
 CONFLICT = {409, 412}  # the branch moved since ``parent_commit``
 ENV_FILE = Path(".env")
+RUNS_TABLE_HEADER = "| run | spec | stage | mode | trials | metric | mean ± std |\n| --- | --- | --- | --- | --- | --- | --- |"
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,7 @@ def dataset_card(repo: str, index: dict[str, dict]) -> str:
     body = (
         f"# hlrp-lab results\n\nRuns of hlrp-lab uploaded with `hlrp-lab push` or `--upload-hf`; fetch them "
         f"with `HF_REPO={repo} hlrp-lab pull PATTERN`.\n\n"
-        "| run | spec | stage | mode | trials | metric | mean ± std |\n| --- | --- | --- | --- | --- | --- | --- |\n"
-        f"{rows}\n"
+        f"{RUNS_TABLE_HEADER}\n{rows}\n"
     )
     return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 

@@ -67,6 +67,11 @@ class VLAPolicy(nn.Module):
         return self.denormalize(self.action_head.predict(self.features(frames, instructions)))
 
 
+def architecture(block: dict) -> dict:
+    """A component block without the keys that only say how it trains or loads."""
+    return {key: value for key, value in block.items() if key not in ("freeze", "dtype")}
+
+
 def foundation_reference(spec: dict) -> RunReference | None:
     """The foundation run of ``train.init_from``, whose backbone and latent head must be this spec's."""
     if spec["train"]["init_from"] is None:
@@ -78,7 +83,7 @@ def foundation_reference(spec: dict) -> RunReference | None:
             f"train.init_from: {reference.run_dir} is a {foundation['stage']!r} run, not foundation"
         )
     for family in ("vla", "latent_head"):
-        if foundation["model"][family] != spec["model"][family]:
+        if architecture(foundation["model"][family]) != architecture(spec["model"][family]):
             raise SpecError(
                 f"model.{family}: differs from the foundation run {reference.run_dir.name}'s "
                 f"({foundation['model'][family]}); use the same block to start from its weights"
