@@ -30,6 +30,7 @@ from hlrp_lab.stages.vla import (
     LatentActionVLA,
     VLAStage,
     build_vla,
+    in_batches,
     placeholder_tokenizer,
     prepare_tokenizer,
     run_tokenizer,
@@ -185,11 +186,7 @@ class FinetuneStage(VLAStage):
 
     def predict(self, frames: np.ndarray, instructions: list[str]) -> torch.Tensor:
         """Action chunks (N, chunk, action_dim) in robot units for uint8 frames (N, H, W, 3), in batches."""
-        parts = []
-        for start in range(0, len(frames), self.batch_size):
-            batch = to_float({"frame_t": frames[start : start + self.batch_size]}, self.device)
-            parts.append(self.model(batch["frame_t"], instructions[start : start + self.batch_size]).float())
-        return torch.cat(parts)
+        return in_batches(self.model, frames, instructions, self.batch_size, self.device)
 
     def policy(self, frames: np.ndarray, instructions: list[str]) -> np.ndarray:
         """The first action of each predicted chunk (receding horizon), for closed-loop rollouts."""

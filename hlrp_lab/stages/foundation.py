@@ -24,6 +24,7 @@ from hlrp_lab.stages.vla import (
     LatentActionVLA,
     VLAStage,
     build_vla,
+    in_batches,
     labels_of,
     placeholder_tokenizer,
     prepare_tokenizer,
@@ -118,9 +119,4 @@ class FoundationStage(VLAStage):
 
     def logits(self, pairs: dict[str, Any]) -> torch.Tensor:
         """Latent-code logits (N, K, C) of held-out ``pairs``, in batches."""
-        parts = []
-        for start in range(0, len(pairs["frame_t"]), self.batch_size):
-            chunk = {"frame_t": pairs["frame_t"][start : start + self.batch_size]}
-            frames = to_float(chunk, self.device)["frame_t"]
-            parts.append(self.model(frames, pairs["instruction"][start : start + self.batch_size]).float())
-        return torch.cat(parts)
+        return in_batches(self.model, pairs["frame_t"], pairs["instruction"], self.batch_size, self.device)

@@ -5,8 +5,10 @@ the pretrained model's own, or a word-level one built from the data's instructio
 latent head's query tokens added. Sessions, resumed runs, evaluation and later stages load it from there.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from loguru import logger
 from torch import nn
@@ -20,6 +22,7 @@ from hlrp_lab.components.vla.tokenizer import (
     save_tokenizer,
     with_tokens,
 )
+from hlrp_lab.data.pairs import to_float
 from hlrp_lab.data.shards import MANIFEST, raw_samples, read_manifest
 from hlrp_lab.stages.base import Stage
 
@@ -50,6 +53,21 @@ class LatentActionVLA(nn.Module):
     def forward(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
         """Latent-code logits (B, K, codebook_size)."""
         return self.latent_head(self.query_states(frames, instructions).float())
+
+
+def in_batches(
+    fn: Callable[[torch.Tensor, list[str]], torch.Tensor],
+    frames: np.ndarray,
+    instructions: list[str],
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``fn(frames, instructions)`` over uint8 frames (N, H, W, 3), ``batch_size`` at a time, as float."""
+    parts = []
+    for start in range(0, len(frames), batch_size):
+        batch = to_float({"frame_t": frames[start : start + batch_size]}, device)
+        parts.append(fn(batch["frame_t"], instructions[start : start + batch_size]).float())
+    return torch.cat(parts)
 
 
 def query_tokens(spec: dict) -> list[str]:
