@@ -19,6 +19,16 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from hlrp_lab.lib.errors import SpecError
 
+# The small language model of every family's default config: 2 layers of width 64, 4 heads of 16.
+SMALL_TEXT_MODEL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
 
 class VLAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

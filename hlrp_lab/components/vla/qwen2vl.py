@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from hlrp_lab.components.registry import VLAS
-from hlrp_lab.components.vla.base import VLABackbone, small_config
+from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone, small_config
 
 SMALL_CONFIG = {
     "vision_config": {
@@ -25,12 +25,7 @@ SMALL_CONFIG = {
         "temporal_patch_size": 2,
     },
     "text_config": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
+        **SMALL_TEXT_MODEL,
         # head_dim 16: the (time, height, width) sections of the rotary dims sum to head_dim / 2
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     },

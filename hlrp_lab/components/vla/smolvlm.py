@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
 
 from hlrp_lab.components.registry import VLAS
-from hlrp_lab.components.vla.base import VLABackbone, small_config
+from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone, small_config
 
 SMALL_CONFIG = {
     "vision_config": {
@@ -21,15 +21,7 @@ SMALL_CONFIG = {
         "image_size": 64,
         "patch_size": 8,
     },
-    "text_config": {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-    },
+    "text_config": {"model_type": "llama", **SMALL_TEXT_MODEL},
     "scale_factor": 2,
     "tie_word_embeddings": False,
 }
