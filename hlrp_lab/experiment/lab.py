@@ -31,6 +31,7 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     if mode.resume:
         return resume_run(mode.run_dir, spec_name, sets)
     spec = override_mode(check_spec(resolve_spec(spec_file, spec_name, sets)), mode.name)
+    setup_logger()  # the console, until the run directory exists
     spec = pin_references(spec)
     if mode.name == "search" and not spec["search"]:
         raise SpecError(
