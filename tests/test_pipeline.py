@@ -110,7 +110,7 @@ def test_foundation_predicts_codes_and_reports_the_majority_baseline(chain):
     result = metrics(chain["vla"], "vla")
     for key in ("val_token_acc", "val_exact_match", "majority_token_acc", "majority_exact_match", "val_loss"):
         assert 0 <= result[key] <= (1 if key != "val_loss" else 10), key
-    assert (chain["vla"] / "model" / "tokenizer" / "tokenizer.json").is_file()
+    assert (chain["vla"] / "model" / "vla_t0_tokenizer" / "tokenizer.json").is_file()
     history = pd.read_csv(chain["vla"] / "info" / "vla_t0_s0_session_metrics.csv")
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
 
@@ -122,7 +122,7 @@ def test_finetune_starts_from_the_foundation_weights(chain):
     weights = stage.model.vla.state_dict()
     assert set(foundation) == set(weights)
     assert all(torch.equal(foundation[key], weights[key]) for key in foundation)
-    assert (chain["ft"] / "model" / "tokenizer" / "tokenizer.json").is_file()
+    assert (chain["ft"] / "model" / "ft_t0_tokenizer" / "tokenizer.json").is_file()
     assert stage.model.action_low.shape == (2,) and (stage.model.action_high > stage.model.action_low).all()
 
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from hlrp_lab.cli.main import app
 from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.lab import run_lab
+from hlrp_lab.experiment.results import keep_models
 from hlrp_lab.experiment.search import set_ray_defaults
 from hlrp_lab.experiment.search_space import SAMPLERS, apply_sample
 from hlrp_lab.lib.errors import SpecError
@@ -295,3 +296,12 @@ def test_ctrl_c_ends_the_search_and_writes_the_table(tmp_path, shard_cache):
     table = pd.read_csv(run_dir / "info" / "tiny_experiment.csv")
     assert len(table) >= 1 and set(table["status"]) == {"interrupted"}
     assert table["step"].max() >= 10
+
+
+def test_keep_models_removes_the_other_trials_files_and_tokenizer_folders(tmp_path):
+    for trial in (0, 1):
+        (tmp_path / f"s_t{trial}_s0_best.safetensors").write_text("weights")
+        (tmp_path / f"s_t{trial}_tokenizer").mkdir()
+        (tmp_path / f"s_t{trial}_tokenizer" / "tokenizer.json").write_text("{}")
+    keep_models(tmp_path, "s", ranked=[1, 0], trials=[0, 1], keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_t1_s0_best.safetensors", "s_t1_tokenizer"]

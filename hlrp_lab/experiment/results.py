@@ -1,6 +1,7 @@
 """An experiment's results: one row per trial, sorted by the stage's metric; pruning of model files."""
 
 import json
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,4 +67,7 @@ def keep_models(model_dir: Path, spec_name: str, ranked: list[int], trials: Iter
     for trial in trials:
         if trial not in kept:
             for path in model_dir.glob(f"{spec_name}_t{trial}_*"):
-                path.unlink()
+                if path.is_dir():  # a VLA trial's tokenizer
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()

@@ -33,6 +33,7 @@ from hlrp_lab.stages.vla import (
     in_batches,
     placeholder_tokenizer,
     prepare_tokenizer,
+    reference_tokenizer_dir,
     run_tokenizer,
     tokenizer_dir,
 )
@@ -111,7 +112,7 @@ class FinetuneStage(VLAStage):
         if reference is None:
             prepare_tokenizer(spec, urls)
         elif not tokenizer_dir(spec).is_dir():
-            shutil.copytree(reference.run_dir / "model" / "tokenizer", tokenizer_dir(spec))
+            shutil.copytree(reference_tokenizer_dir(reference), tokenizer_dir(spec))
         if spec["train"]["eval_rollouts"]:
             Rollouts.check(urls)
 

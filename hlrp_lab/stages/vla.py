@@ -1,6 +1,7 @@
 """What stages 2 and 3 share: the tokenizer, the VLA with its latent queries, and reading labelled data.
 
-The tokenizer is made once per trial (``prepare_tokenizer``) and saved in the run's ``model/tokenizer/``:
+The tokenizer is made once per trial (``prepare_tokenizer``) and saved in the run's
+``model/{spec}_t{trial}_tokenizer/``:
 the pretrained model's own, or a word-level one built from the data's instructions; either way with the
 latent head's query tokens added. Sessions, resumed runs, evaluation and later stages load it from there.
 """
@@ -24,6 +25,7 @@ from hlrp_lab.components.vla.tokenizer import (
 )
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.data.shards import MANIFEST, raw_samples, read_manifest
+from hlrp_lab.lib.runs import RunReference
 from hlrp_lab.stages.base import Stage
 
 
@@ -91,7 +93,15 @@ def placeholder_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
 
 
 def tokenizer_dir(spec: dict) -> Path:
-    return Path(spec["meta"]["run_dir"]) / "model" / "tokenizer"
+    """``model/{spec_name}_t{trial}_tokenizer/``: per trial, since a search may vary the query tokens."""
+    meta = spec["meta"]
+    return Path(meta["run_dir"]) / "model" / f"{meta['spec_name']}_t{meta['trial']}_tokenizer"
+
+
+def reference_tokenizer_dir(reference: RunReference) -> Path:
+    """The tokenizer saved beside the referenced weights (``{spec}_t{trial}_s{session}_{tag}.safetensors``)."""
+    trial = reference.weights.name.split("_s")[0].removeprefix(f"{reference.spec_name}_")
+    return reference.weights.parent / f"{reference.spec_name}_{trial}_tokenizer"
 
 
 def prepare_tokenizer(spec: dict, urls: list[str]) -> None:
