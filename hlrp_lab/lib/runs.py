@@ -1,5 +1,6 @@
 """Run directories under data/: their names, their saved specs, the newest run of a spec (no torch)."""
 
+import csv
 import json
 import re
 from dataclasses import dataclass
@@ -34,14 +35,22 @@ def newest_run(spec_name: str, root: Path = DATA_ROOT) -> Path | None:
 
 @dataclass(frozen=True)
 class RunReference:
-    """A trained model named by a spec key: its run directory, spec name, weights file and saved spec."""
+    """A trained model named by a spec key: its run directory, spec name, trial and weights file."""
 
     run_dir: Path
     spec_name: str
+    trial: int
     weights: Path
 
     def spec(self) -> dict:
-        return json.loads(saved_spec_path(self.run_dir, self.spec_name).read_text())[self.spec_name]
+        """The spec the weights were trained with: the trial's (a search's trials differ from its spec)."""
+        path = self.run_dir / "info" / f"{self.spec_name}_t{self.trial}_spec.json"
+        return json.loads(path.read_text())[self.spec_name]
+
+    @property
+    def stem(self) -> str:
+        """``{spec_name}_t{trial}``: the name stem of the trial's files."""
+        return f"{self.spec_name}_t{self.trial}"
 
 
 def resolve_reference(reference: str, key: str, root: Path = DATA_ROOT) -> RunReference:
@@ -54,21 +63,28 @@ def resolve_reference(reference: str, key: str, root: Path = DATA_ROOT) -> RunRe
         run_dir = newest_run(spec_name, root)
         if run_dir is None:
             raise SpecError(f"{key}: no run of {spec_name!r} under {root}/; train it first, or give {forms}")
-        return RunReference(run_dir, spec_name, best_weights(run_dir, spec_name, key))
+        return best_weights(run_dir, spec_name, key)
     path = Path(reference)
     run_dir = path.parent.parent if path.suffix == ".safetensors" else path
     spec_name = run_dir_spec_name(run_dir.name)
     if not path.exists() or spec_name is None or not saved_spec_path(run_dir, spec_name).is_file():
         raise SpecError(f"{key}: {reference!r} is not {forms}")
-    weights = path if path.suffix == ".safetensors" else best_weights(run_dir, spec_name, key)
-    return RunReference(run_dir, spec_name, weights)
+    if path.suffix != ".safetensors":
+        return best_weights(run_dir, spec_name, key)
+    match = re.fullmatch(rf"{re.escape(spec_name)}_t(\d+)_s\d+_\w+\.safetensors", path.name)
+    if match is None:
+        raise SpecError(f"{key}: {path.name} is not named {spec_name}_t<trial>_s<session>_<tag>.safetensors")
+    return RunReference(run_dir, spec_name, int(match[1]), path)
 
 
-def best_weights(run_dir: Path, spec_name: str, key: str) -> Path:
+def best_weights(run_dir: Path, spec_name: str, key: str) -> RunReference:
     """The ``best`` weights of session 0 of the run's best trial (the first row of a search's table)."""
     table = run_dir / "info" / f"{spec_name}_experiment.csv"
-    trial = int(table.read_text().splitlines()[1].split(",")[0]) if table.is_file() else 0
+    trial = 0
+    if table.is_file():
+        with table.open(newline="") as file:
+            trial = int(next(csv.DictReader(file))["trial"])
     weights = run_dir / "model" / f"{spec_name}_t{trial}_s0_best.safetensors"
     if not weights.is_file():
         raise SpecError(f"{key}: {run_dir} has no {weights.name}; name a weights file instead")
-    return weights
+    return RunReference(run_dir, spec_name, trial, weights)

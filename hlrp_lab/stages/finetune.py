@@ -9,7 +9,6 @@ mean squared error of the normalised actions on held-out scenes, against predict
 With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in Meta-World.
 """
 
-import shutil
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,9 +32,7 @@ from hlrp_lab.stages.vla import (
     in_batches,
     placeholder_tokenizer,
     prepare_tokenizer,
-    reference_tokenizer_dir,
     run_tokenizer,
-    tokenizer_dir,
 )
 
 STATS_PAIRS = 4096  # training pairs for the action statistics at scene level
@@ -108,11 +105,7 @@ class FinetuneStage(VLAStage):
     def prepare(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
         check_readable(urls, spec["data"])
-        reference = foundation_reference(spec)
-        if reference is None:
-            prepare_tokenizer(spec, urls)
-        elif not tokenizer_dir(spec).is_dir():
-            shutil.copytree(reference_tokenizer_dir(reference), tokenizer_dir(spec))
+        prepare_tokenizer(spec, urls, foundation_reference(spec))
         if spec["train"]["eval_rollouts"]:
             Rollouts.check(urls)
 

@@ -6,6 +6,7 @@ the pretrained model's own, or a word-level one built from the data's instructio
 latent head's query tokens added. Sessions, resumed runs, evaluation and later stages load it from there.
 """
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from hlrp_lab.components.vla.tokenizer import (
     with_tokens,
 )
 from hlrp_lab.data.pairs import to_float
-from hlrp_lab.data.shards import MANIFEST, raw_samples, read_manifest
+from hlrp_lab.data.shards import manifest_of, raw_samples
 from hlrp_lab.lib.runs import RunReference
 from hlrp_lab.stages.base import Stage
 
@@ -99,19 +100,25 @@ def tokenizer_dir(spec: dict) -> Path:
 
 
 def reference_tokenizer_dir(reference: RunReference) -> Path:
-    """The tokenizer saved beside the referenced weights (``{spec}_t{trial}_s{session}_{tag}.safetensors``)."""
-    trial = reference.weights.name.split("_s")[0].removeprefix(f"{reference.spec_name}_")
-    return reference.weights.parent / f"{reference.spec_name}_{trial}_tokenizer"
+    """The tokenizer of the referenced weights' trial."""
+    return reference.run_dir / "model" / f"{reference.stem}_tokenizer"
 
 
-def prepare_tokenizer(spec: dict, urls: list[str]) -> None:
-    """Make and save the run's tokenizer, unless it exists (a resumed run keeps its own)."""
+def prepare_tokenizer(spec: dict, urls: list[str], reference: RunReference | None = None) -> None:
+    """Make and save the trial's tokenizer: the referenced run's, the pretrained model's, or one from the
+    data's instructions. Nothing if it exists (a resumed run keeps its own), nor for a search's own spec
+    (each of its trials makes its own: they may vary the query tokens)."""
     directory = tokenizer_dir(spec)
-    if (directory / "tokenizer_config.json").is_file():
+    if spec["search"] or (directory / "tokenizer_config.json").is_file():
+        return
+    if reference is not None:
+        shutil.copytree(reference_tokenizer_dir(reference), directory)
         return
     pretrained = spec["model"]["vla"]["pretrained"]
     if pretrained is not None:
         tokenizer = pretrained_tokenizer(pretrained)
+        if tokenizer.pad_token is None:  # padding is masked out: any token serves
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     else:
         instructions = data_instructions(urls)
         tokenizer = local_tokenizer(instructions)
@@ -124,17 +131,14 @@ def run_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
 
 
 def data_instructions(urls: list[str]) -> list[str]:
-    """The distinct instructions of the shards: from their manifests, else by reading the samples."""
-    folders = {Path(url).parent for url in urls}
-    if all((folder / MANIFEST).is_file() for folder in folders):
-        manifests = [read_manifest(folder) for folder in folders]
-        if all("instructions" in manifest for manifest in manifests):
-            return sorted({text for manifest in manifests for text in manifest["instructions"]})
+    """The distinct instructions of the shards: from their manifest, else by reading the samples."""
+    manifest = manifest_of(urls)
+    if manifest is not None and "instructions" in manifest and len({Path(url).parent for url in urls}) == 1:
+        return manifest["instructions"]
     samples = raw_samples({"url": url} for url in urls)
     return sorted({s["instruction.txt"].decode() for s in samples if "instruction.txt" in s})
 
 
 def labels_of(urls: list[str]) -> dict:
     """The ``labels`` block of the shards' manifest (written by ``hlrp-lab data label``), or {}."""
-    manifest_path = Path(urls[0]).parent / MANIFEST
-    return read_manifest(Path(urls[0]).parent).get("labels", {}) if manifest_path.is_file() else {}
+    return (manifest_of(urls) or {}).get("labels", {})
