@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from hlrp_lab.cli.main import app
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib.bundle import run_bundle
+from hlrp_lab.lib.scrub import is_secret_name
 from hlrp_lab.spec.spec_util import Mode
 from tests.conftest import tiny_spec_dict
 
@@ -128,6 +129,8 @@ def test_no_secret_reaches_any_uploaded_file(fake_hub, runs, tmp_path, monkeypat
     prefix = f"data/{run_dir.name}"
     variables = json.loads(uploaded[f"{prefix}/info/tiny_spec.json"])["tiny"]["meta"]["variables"]
     assert variables == {"hf_token": "***", "note": "key *** here"}
+    spec = json.loads(uploaded[f"{prefix}/info/tiny_spec.json"])["tiny"]
+    assert spec["model"]["quantizer"]["num_tokens"] == 2  # a spec key, not a secret
     assert f"{prefix}/graph/leak.png" not in uploaded  # binary: left out, not masked
 
 
@@ -200,3 +203,23 @@ def test_bundle_takes_results_only(runs):
     assert bundle.summary["mode"] == "train" and bundle.summary["trials"] == 1
     metrics = json.loads((run_dir / "info" / "tiny_t0_trial_metrics.json").read_text())
     assert bundle.summary["mean"] == pytest.approx(metrics["mean"]["val_psnr"])
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("HF_TOKEN", True),
+        ("hf_token", True),
+        ("token", True),
+        ("WANDB_API_KEY", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("db-password", True),
+        ("num_tokens", False),
+        ("max_new_tokens", False),
+        ("tokenizer", False),
+        ("TOKENIZERS_PARALLELISM", False),
+        ("keys", False),
+    ],
+)
+def test_secret_names_are_whole_words(name, secret):
+    assert is_secret_name(name) is secret

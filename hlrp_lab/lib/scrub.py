@@ -4,8 +4,9 @@ import os
 import re
 from typing import Any
 
+# Whole words of a name: HF_TOKEN, hf_token, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY; not num_tokens or tokenizer.
 SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.IGNORECASE
+    r"(^|[_-])(token|secret|password|passwd|credentials?|(api|access|private)[_-]key)($|[_-])", re.IGNORECASE
 )
 MIN_SECRET_LENGTH = 8  # shorter values ("1", "true") would mask innocent text
 MASK = "***"
