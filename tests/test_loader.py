@@ -287,6 +287,8 @@ def test_pairs_carry_the_instruction_codes_and_a_padded_action_chunk():
     assert pair["instruction"] == "push it" and pair["codes"].tolist() == [2, 3]
     assert pair["action_chunk"][:, 0].tolist() == [1, 2, 3]
     assert make_pair(episode, 3, 1, chunk=3)["action_chunk"][:, 0].tolist() == [3, 3, 3]  # the last repeated
+    labelled_at_2 = Episode(base.frames, "push it", "t", 0, actions=base.actions, codes=codes[:3])
+    assert "codes" not in make_pair(labelled_at_2, 3, 1)  # codes of (t, t+2) end before a (t, t+1) pair does
     batch = collate([pair, make_pair(episode, 0, 1, chunk=3)])
     assert batch["instruction"] == ["push it", "push it"] and batch["codes"].shape == (2, 2)
     assert batch["action_chunk"].shape == (2, 3, 2)

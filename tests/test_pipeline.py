@@ -24,6 +24,7 @@ from hlrp_lab.spec.spec_util import Mode
 from hlrp_lab.stages.finetune import FinetuneStage
 from hlrp_lab.stages.foundation import check_labels
 from hlrp_lab.stages.laq import load_laq
+from hlrp_lab.stages.rollouts import Rollouts, metaworld_origin
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.slow
@@ -199,3 +200,10 @@ def test_a_frozen_backbone_starts_from_the_foundation_and_only_the_head_trains(c
     spec["model"]["vla"]["config"] = {"text_config": {"num_hidden_layers": 2}}
     with pytest.raises(SpecError, match="model.vla: differs from the foundation run vla_"):
         FinetuneStage(check_spec(spec), torch.device("cpu"), seed=0)
+
+
+def test_closed_loop_needs_data_from_metaworld(chain, tmp_path):
+    assert metaworld_origin([str(tmp_path / "no-manifest-000000.tar")]) is None
+    assert metaworld_origin(shard_urls(chain["labels"])) is None  # labelled procedural data
+    with pytest.raises(SpecError, match="train.eval_rollouts: closed-loop evaluation runs in Meta-World"):
+        Rollouts.check(shard_urls(chain["labels"]))

@@ -48,7 +48,7 @@ def make_pair(episode: Episode, t: int, k: int, chunk: int = 1) -> dict[str, Any
     if episode.actions is not None:
         pair["action"] = episode.actions[t : t + k].sum(0, dtype=np.float32)
         pair["action_chunk"] = episode.actions[np.minimum(np.arange(t, t + chunk), len(episode.actions) - 1)]
-    if episode.codes is not None:
+    if episode.codes is not None and t < len(episode.codes):  # codes label pairs at one offset only
         pair["codes"] = episode.codes[t]
     return pair
 

@@ -175,6 +175,12 @@ def read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def manifest_of(urls: list[str]) -> dict | None:
+    """The manifest beside the first of ``urls`` (shards written by ``hlrp-lab data``), if there is one."""
+    folder = Path(urls[0]).parent
+    return read_manifest(folder) if (folder / MANIFEST).is_file() else None
+
+
 def verify_shards(directory: Path) -> list[str]:
     """Names of the shards whose size or sha256 differs from the manifest (or that are missing)."""
     bad = []
@@ -225,9 +231,12 @@ def read_episodes(urls: str | list[str], skipped: list[str] | None = None) -> It
         yield decode_episode(sample)
 
 
-def cache_key(source: str, source_args: dict, image_size: int) -> str:
-    """A short hash of everything that determines the shards' content."""
-    text = json.dumps([FORMAT_VERSION, source, source_args, image_size], sort_keys=True)
+def cache_key(source: str, source_args: dict, image_size: int, extra: dict | None = None) -> str:
+    """A short hash of everything that determines the shards' content (``extra``: what the source records in
+    the manifest, such as the checksum of the LAQ weights that label it)."""
+    text = json.dumps(
+        [FORMAT_VERSION, source, source_args, image_size, *([extra] if extra else [])], sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -240,8 +249,10 @@ def cached_shards(
     cache_root: Path = Path("data/cache"),
     extra: dict | None = None,
 ) -> Path:
-    """``cache_root/{source}-{hash}``: generated once (into a temporary directory renamed into place), then reused."""
-    target = cache_root / f"{source}-{cache_key(source, source_args, image_size)}"
+    """``cache_root/{source}-{hash}``: generated once (into a temporary directory renamed into place), then reused.
+
+    ``extra`` (manifest keys the source adds) is part of the hash."""
+    target = cache_root / f"{source}-{cache_key(source, source_args, image_size, extra)}"
     if (target / MANIFEST).is_file():
         logger.info(f"reusing cached shards at {target}")
         return target

@@ -5,15 +5,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hlrp_lab.data.shards import read_manifest
+from hlrp_lab.data.shards import manifest_of
 from hlrp_lab.lib.errors import SpecError
 
 Policy = Callable[[np.ndarray, list[str]], np.ndarray]  # (uint8 frames (N, H, W, 3), instructions) -> actions
 
 
 def metaworld_origin(urls: list[str]) -> dict | None:
-    """The Meta-World manifest the shards come from (through the labelling that wrote them, if any)."""
-    manifest = read_manifest(Path(urls[0]).parent)
+    """The Meta-World manifest the shards come from (through the labelling that wrote them, if any); None for
+    other data, and for shards without a manifest."""
+    manifest = manifest_of(urls)
     while manifest is not None and manifest["source"] != "metaworld":
         manifest = manifest.get("parent")
     return manifest

@@ -9,13 +9,13 @@ camera, say).
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.episode import Episode
-from hlrp_lab.data.shards import MANIFEST, expand_shards, read_episodes, read_manifest
+from hlrp_lab.data.shards import MANIFEST, expand_shards, read_episodes, read_manifest, sha256
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import resolve_reference
 
@@ -56,8 +56,8 @@ class LabelSource:
         offset = config.offset or laq["data"]["offsets"][0]
         # what identifies the labels, also the cache key: the resolved weights and offset, not latest:...
         self.config = config.model_copy(update={"laq": str(self.reference.weights), "offset": offset})
-        quantizer = laq["model"]["quantizer"]
-        if quantizer["name"] == "Identity":
+        quantizer = laq_quantizer(laq)
+        if quantizer.codebook_size is None:
             raise SpecError(
                 f"data.source.laq: {self.reference.run_dir.name} has a continuous latent (no codes)"
             )
@@ -67,10 +67,11 @@ class LabelSource:
                 "laq_run": str(self.reference.run_dir),
                 "laq_spec": self.reference.spec_name,
                 "weights": str(self.reference.weights),
+                "weights_sha256": sha256(self.reference.weights),  # a resumed run rewrites the same file
                 "offset": offset,
-                "codebook_size": quantizer.get("codebook_size"),
-                "num_tokens": quantizer["num_tokens"],
-                "quantizer": quantizer["name"],
+                "codebook_size": quantizer.codebook_size,
+                "num_tokens": quantizer.num_tokens,
+                "quantizer": laq["model"]["quantizer"]["name"],
             },
             "parent": {k: self.parent.get(k) for k in ("source", "source_args", "image_size", "parent")},
         }
@@ -90,6 +91,16 @@ class LabelSource:
                 continue  # no pair at this offset
             codes = label_episode(model, episode.frames, self.config.offset, self.config.batch_size)
             yield dataclasses.replace(episode, codes=codes)
+
+
+def laq_quantizer(laq: dict) -> Any:
+    """The LAQ run's quantizer, built on the meta device: its ``codebook_size`` and ``num_tokens``."""
+    import torch
+
+    from hlrp_lab.components.registry import QUANTIZERS
+
+    with torch.device("meta"):
+        return QUANTIZERS.build(laq["model"]["quantizer"], "model.quantizer")
 
 
 def shard_list(shards: str | None, laq_data: dict) -> list[str]:
