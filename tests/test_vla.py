@@ -15,6 +15,7 @@ from hlrp_lab.components.vla.tokenizer import (
     pretrained_tokenizer,
     with_tokens,
 )
+from hlrp_lab.stages.vla import prepare_tokenizer, run_tokenizer
 
 FAMILIES = ["SmolVLM", "Qwen2VL"]
 QUERIES = ["<latent_0>", "<latent_1>"]
@@ -121,3 +122,26 @@ def test_code_queries_map_hidden_states_to_codebook_logits():
     head = LATENT_HEADS.build(block, "model.latent_head", hidden_size=16)
     assert head(torch.randn(2, 3, 16)).shape == (2, 3, 5)
     assert head.query_tokens(head.Config(num_tokens=3)) == ["<latent_0>", "<latent_1>", "<latent_2>"]
+
+
+@pytest.mark.parametrize(("name", "size", "fit"), [("SmolVLM", 40, 48), ("Qwen2VL", 72, 80)])
+def test_a_frame_size_that_does_not_split_into_patches_names_the_fix(name, size, fit):
+    with pytest.raises(Exception, match=rf"model.vla.image_size: {size} px .* -s model.vla.image_size={fit}"):
+        build(name, image_size=size)
+
+
+def test_a_pretrained_tokenizer_without_a_pad_token_pads_with_its_eos(tmp_path):
+    no_pad = local_tokenizer(INSTRUCTIONS)
+    no_pad.pad_token = None
+    no_pad.save_pretrained(tmp_path / "model")
+    spec = {
+        "search": {},
+        "meta": {"run_dir": str(tmp_path / "run"), "spec_name": "x", "trial": 0},
+        "model": {
+            "vla": {"pretrained": str(tmp_path / "model")},
+            "latent_head": {"name": "CodeQueries", "num_tokens": 2, "codebook_size": 4},
+        },
+    }
+    prepare_tokenizer(spec, urls=[])
+    made = run_tokenizer(spec)
+    assert made.pad_token == "<eos>" and made.convert_tokens_to_ids(QUERIES) == [len(made) - 2, len(made) - 1]

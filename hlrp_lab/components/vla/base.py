@@ -70,6 +70,12 @@ class VLABackbone(nn.Module, ABC):
         if self.model.get_input_embeddings().num_embeddings < len(tokenizer):
             self.model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         self.image_size = config.image_size or self.model.config.vision_config.image_size
+        if self.image_size % self.image_multiple():
+            fit = -(-self.image_size // self.image_multiple()) * self.image_multiple()
+            raise SpecError(
+                f"model.vla.image_size: {self.image_size} px frames do not split into this {type(self).__name__}'s "
+                f"merged patches of {self.image_multiple()} px; pass e.g. -s model.vla.image_size={fit}"
+            )
         self.register_buffer("mean", torch.tensor(self.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.image_std).view(1, 3, 1, 1), persistent=False)
         self.model.requires_grad_(not config.freeze)
@@ -82,6 +88,10 @@ class VLABackbone(nn.Module, ABC):
     @abstractmethod
     def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         """The family's small config with ``overrides`` merged in, its token ids from ``tokenizer``."""
+
+    @abstractmethod
+    def image_multiple(self) -> int:
+        """The frame side must be a multiple of this (the patch size times the patch merge factor)."""
 
     @abstractmethod
     def image_block(self) -> str:

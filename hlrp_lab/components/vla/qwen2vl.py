@@ -2,7 +2,8 @@
 
 A frame becomes (image_size / patch_size)^2 / spatial_merge_size^2 image tokens between the vision start and
 end tokens; its pixels are cut into patches in the order of Qwen2-VL's image processor (a still image is
-repeated over the temporal patch). Real weights: ``Qwen/Qwen2-VL-2B-Instruct``.
+repeated over the temporal patch). Real weights: ``Qwen/Qwen2-VL-2B-Instruct`` (patches of 14 merged 2x2: set
+``image_size`` to a multiple of 28, e.g. 224).
 """
 
 from typing import Any
@@ -57,6 +58,10 @@ class Qwen2VL(VLABackbone):
         return Qwen2VLConfig(
             **config, **{key: tokenizer.convert_tokens_to_ids(t) for key, t in tokens.items()}
         )
+
+    def image_multiple(self) -> int:
+        vision = self.model.config.vision_config
+        return vision.patch_size * vision.spatial_merge_size
 
     def image_tokens(self) -> int:
         vision = self.model.config.vision_config

@@ -39,6 +39,9 @@ class SmolVLM(VLABackbone):
         config = small_config(SMALL_CONFIG, overrides, tokenizer)
         return SmolVLMConfig(**config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
 
+    def image_multiple(self) -> int:
+        return self.model.config.vision_config.patch_size * self.model.config.scale_factor
+
     def image_tokens(self) -> int:
         vision = self.model.config.vision_config
         return (self.image_size // vision.patch_size) ** 2 // self.model.config.scale_factor**2
