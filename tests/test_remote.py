@@ -18,6 +18,7 @@ from dstack._internal.core.models.fleets import FleetConfiguration
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
+from hlrp_lab.cli.remote import masked_sets
 
 ROOT = Path(__file__).parents[1]
 DSTACK_DIR = ROOT / ".dstack"
@@ -189,3 +190,12 @@ def test_missing_dstack_or_token_fails_before_launch(dstack_stub, monkeypatch):
     assert result.exit_code == 2
     assert "dstack is not installed; install it with `uv tool install dstack`" in result.output
     assert not dstack_stub.exists()
+
+
+def test_dry_run_masks_secret_set_values_and_refuses_local_run_references(dstack_stub):
+    assert masked_sets(["meta.hf_token=hf_abcdefgh123", "lr=3"]) == ["-s", "meta.hf_token=***", "-s", "lr=3"]
+    result = runner.invoke(app, ["run-remote", "specs/finetune.json", "ft_debug", "--dry-run"])
+    assert result.exit_code == 2
+    assert "train.init_from: latest:vla_debug names a run under data/, which run-remote does not upload" in (
+        result.output
+    )

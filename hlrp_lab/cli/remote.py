@@ -16,14 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import pydash
 import typer
 
 from hlrp_lab.cli.errors import cli_errors
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.scrub import MASK, is_secret_name
 
 DSTACK_DIR = Path(".dstack")
 RUN_NAME = re.compile(r"[a-z][a-z0-9-]{1,40}")
 REMOTE_MODES = ("dev", "train", "search")
+RUN_REFERENCE_KEYS = ("train.init_from", "data.source.laq")  # runs a later stage starts from
 
 
 def run_remote(
@@ -77,8 +80,9 @@ def run_remote(
     }
     if dry_run:
         typer.echo(shlex.join(command))
-        for key, value in env.items():
-            typer.echo(f"{key}={'***' if key == 'HF_TOKEN' else value}")
+        shown = {**env, "HF_TOKEN": MASK, "SPEC_VARS": shlex.join(masked_sets(sets or []))}
+        for key, value in shown.items():
+            typer.echo(f"{key}={value}")
         return
     typer.echo(f"launching {run_name}: {shlex.join(command)}")
     completed = subprocess.run(command, env={**os.environ, **env}, check=False)
@@ -88,6 +92,15 @@ def run_remote(
     typer.echo(
         f"follow it with `dstack logs {run_name}`; results go to {target.repo}: `hlrp-lab pull {spec_name}`"
     )
+
+
+def masked_sets(sets: list[str]) -> list[str]:
+    """The -s options to show, with the values of keys named like a secret masked."""
+    shown = []
+    for value in sets:
+        key = value.partition("=")[0]
+        shown += ["-s", f"{key}={MASK}" if is_secret_name(key.rpartition(".")[2]) else value]
+    return shown
 
 
 def project_path(spec_file: Path) -> Path:
@@ -111,6 +124,13 @@ def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[st
 
     spec = validate_model(Spec, resolve_spec(spec_file, spec_name, parse_sets(sets)), "").model_dump()
     parse_search(spec["search"])
+    for key in RUN_REFERENCE_KEYS:
+        reference = pydash.get(spec, key)
+        if isinstance(reference, str) and not Path(reference).is_absolute():
+            raise SpecError(
+                f"{key}: {reference} names a run under data/, which run-remote does not upload "
+                "(.dstackignore); give an absolute path on a volume the remote machine mounts"
+            )
     if mode == "search" and not spec["search"]:
         raise SpecError(
             f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"

@@ -1,6 +1,7 @@
 """What of a run directory goes to the Hub: its specs, result tables (Parquet plus CSV) and graphs.
 
-Never logs, Ray's files, optimizer state or anything else; model weights only when asked. Secrets are
+Never logs, Ray's files, optimizer state or anything else; model weights (and a VLA's tokenizer) only when
+asked. Secrets are
 removed on the way: keys named like a secret are masked in specs, secret values are masked in every text
 file, and a binary file that still holds one is left out.
 """
@@ -18,7 +19,7 @@ from hlrp_lab.lib.runs import run_dir_spec_name, saved_spec_path
 from hlrp_lab.lib.scrub import holds_secret, mask_secret_keys, scrub_text
 
 RESULT_PATTERNS = ("info/*.json", "info/*.csv", "info/*.parquet", "graph/*.png", "graph/*.html")
-MODEL_PATTERNS = ("model/*.safetensors",)
+MODEL_PATTERNS = ("model/*.safetensors", "model/*_tokenizer/*")  # a VLA run's tokenizer goes with its weights
 TEXT_SUFFIXES = {".json", ".csv", ".html"}
 TRIAL_METRICS = re.compile(r"(?P<spec>.+)_t(?P<trial>\d+)_trial_metrics\.json")
 
