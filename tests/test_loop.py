@@ -80,14 +80,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_
     assert 1 <= state["step"] == bad_step - 1
 
 
-def test_eval_mode_scores_the_best_checkpoint(tmp_path, monkeypatch, tiny_spec):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_eval_mode_scores_the_best_checkpoint(tmp_path, monkeypatch, tiny_spec, precision):
+    """Eval mode computes as training's evaluations did: the same numbers, under bf16 autocast too."""
     monkeypatch.chdir(tmp_path)
+    tiny_spec["train"]["precision"] = precision
     run_dir = run_lab(write_spec_file(tmp_path, tiny_spec), "tiny", Mode("train"), {})
     best = torch.load(run_dir / "model" / "tiny_t0_s0_best_state.pt", weights_only=True)
     assert evaluate_run(run_dir, "tiny") == run_dir
     evaluated = json.loads((run_dir / "info" / "tiny_t0_eval_metrics.json").read_text())["mean"]
     assert evaluated["step"] == best["step"]
-    assert evaluated["val_psnr"] == pytest.approx(best["metrics"]["val_psnr"], rel=1e-5)
+    assert evaluated["val_psnr"] == best["metrics"]["val_psnr"]  # same computation, same number
 
 
 def test_trial_runs_sessions_in_parallel_with_distinct_seeds(tmp_path, tiny_spec):

@@ -45,11 +45,7 @@ class Loop:
         self.window_steps = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.train["precision"]
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return autocast(self.train["precision"], self.device)
 
     def run(self) -> dict[str, float]:
         """Train to max_step and return the final metrics (last evaluation plus run statistics)."""
@@ -179,6 +175,13 @@ class Loop:
     def final_metrics(self) -> dict[str, float]:
         last_eval = next(row for row in reversed(self.history) if self.stage.metric in row)
         return {**last_eval, "best": self.best, "train_time": self.train_time}
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``train.precision`` bf16, or auto on CUDA; nothing otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
