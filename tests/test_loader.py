@@ -11,7 +11,7 @@ from loguru import logger
 
 from hlrp_lab.data.dataset import check_readable, data_urls
 from hlrp_lab.data.episode import Episode
-from hlrp_lab.data.loader import FrameData, batches, first_per_task, scene_stream
+from hlrp_lab.data.loader import FrameData, HeldOutPairs, batches, first_per_task, scene_stream
 from hlrp_lab.data.pairs import FramePairs, batch_indices, collate, is_val_scene, make_pair
 from hlrp_lab.data.shards import expand_shards, write_shards
 from hlrp_lab.experiment.control import Session
@@ -187,6 +187,32 @@ def test_frame_data_keeps_validation_scenes_apart(numbered_shards):
     )
     for index in range(12):
         assert not {scene_of(v) for v in frame_values(data.train_batch(index), "frame_t")} & held_out
+
+
+def test_held_out_pairs_own_their_frames_and_probes_keep_only_what_is_asked():
+    """Kept pairs do not hold their episodes alive; a baseline's probe holds labels, not frames."""
+    episodes = [numbered_episode(10 * i, LENGTH, f"scene{i}") for i in range(NUM_SCENES)]
+    held = HeldOutPairs(episodes, data_block(), val_count=16, probe_count=32, probe_keys=("action",))
+    assert len(held.val) == 16 and len(held.probe) == 32
+    assert all(set(pair) == {"action"} for pair in held.probe)
+    assert not any(np.shares_memory(pair["frame_t"], e.frames) for pair in held.val for e in episodes)
+    probe = held.collate_probe(("action", "codes"))  # keys the pairs lack are left out
+    assert set(probe) == {"action"} and probe["action"].shape == (32, 2)
+
+
+def test_without_a_split_validation_is_the_first_probe_pairs_and_reading_stops(numbered_shards):
+    episodes = [numbered_episode(10 * i, LENGTH, f"scene{i}") for i in range(NUM_SCENES)]
+    read = []
+    consumed = (read.append(e) or e for e in episodes)
+    held = HeldOutPairs(
+        consumed, data_block(val_split=0.0), val_count=4, probe_count=8, probe_keys=("action",)
+    )
+    assert [pair["action"].tolist() for pair in held.probe[:4]] == [p["action"].tolist() for p in held.val]
+    assert len(read) == 2  # 7 pairs a scene: the second scene completes both, and reading stops
+    data = FrameData(
+        expand_shards(str(numbered_shards)), data_block(val_split=0.0), TRAIN, seed=0, probe_pairs=8
+    )
+    assert np.array_equal(data.probe["frame_t"][:8], data.val["frame_t"][:8])
 
 
 def test_frame_data_batches_survive_a_restart(numbered_shards):

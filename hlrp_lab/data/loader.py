@@ -153,10 +153,23 @@ def first_per_task(episodes: list[Episode], count: int) -> list[Episode]:
 
 
 class HeldOutPairs:
-    """Fixed pairs read once in shard order: validation pairs and training pairs for the linear probe."""
+    """Fixed pairs read once in shard order: validation pairs, and training pairs for a probe or a baseline.
 
-    def __init__(self, episodes: Iterable[Episode], data: dict, val_count: int, probe_count: int):
-        self.val, self.probe = [], []
+    Kept pairs own their frames (the episodes they come from are freed); with ``probe_keys`` the probe pairs
+    keep only those keys (a baseline needs the labels, not the frames). Without a validation split the
+    validation pairs are the first probe pairs, frames included.
+    """
+
+    def __init__(
+        self,
+        episodes: Iterable[Episode],
+        data: dict,
+        val_count: int,
+        probe_count: int,
+        probe_keys: tuple[str, ...] | None = None,
+    ):
+        self.val: list[Sample] = []
+        self.probe: list[Sample] = []
         self.num_train_scenes = 0
         for episode in episodes:
             held_out = is_val_scene(episode.scene, data["val_split"])
@@ -164,39 +177,70 @@ class HeldOutPairs:
             target, count = (self.val, val_count) if held_out else (self.probe, probe_count)
             if len(target) < count:
                 per_scene = min(VAL_PAIRS_PER_SCENE, count - len(target))
-                rng = scene_rng(episode.scene)
-                target.extend(sample_pairs(episode, data["offsets"], per_scene, rng, data["action_chunk"]))
+                pairs = sample_pairs(
+                    episode, data["offsets"], per_scene, scene_rng(episode.scene), data["action_chunk"]
+                )
+                if held_out:
+                    self.val.extend(map(owned, pairs))
+                    continue
+                if data["val_split"] == 0:
+                    self.val.extend(owned(pair) for pair in pairs[: val_count - len(self.val)])
+                self.probe.extend(owned(pair, probe_keys) for pair in pairs)
             if len(self.val) >= val_count and len(self.probe) >= probe_count:
                 break
 
+    def collate_probe(self, probe_keys: tuple[str, ...] | None) -> Sample:
+        """The probe pairs as one batch (of those ``probe_keys`` every pair has, when given)."""
+        if probe_keys is None:
+            return collate(self.probe)
+        shared = [key for key in probe_keys if all(key in pair for pair in self.probe)]
+        return {key: np.stack([pair[key] for pair in self.probe]) for key in shared}
+
+
+def owned(pair: Sample, keys: tuple[str, ...] | None = None) -> Sample:
+    """``pair`` (only ``keys`` of it, when given) with copies of its arrays instead of views of its episode."""
+    kept = pair if keys is None else {key: pair[key] for key in keys}
+    return {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in kept.items()}
+
 
 class FrameData:
-    """What a stage trains and evaluates on: ``train_batch(index)``, the held-out pairs, skipped shards."""
+    """What a stage trains and evaluates on: ``train_batch(index)``, the held-out pairs, skipped shards.
 
-    def __init__(self, urls: list[str], data: dict, train: dict, seed: int, probe_pairs: int):
+    ``probe`` holds ``probe_pairs`` training pairs for a stage's probe or baseline, only ``probe_keys`` of
+    them when given.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        data: dict,
+        train: dict,
+        seed: int,
+        probe_pairs: int,
+        probe_keys: tuple[str, ...] | None = None,
+    ):
         self.urls, self.data, self.seed = urls, data, seed
         self.segment = train["eval_frequency"] * train["grad_accum"]  # micro-batches between checkpoints
         self.skipped: set[str] = set()
         self.train_episodes: list[Episode] = []  # pair level: the training episodes held in memory
         skipped: list[str] = []
+        val_pairs = data["val_pairs"]
         if data["pairs"] == "pair":
             episodes = list(read_episodes(urls, skipped))
             self.train_pairs = self.index_train_pairs(episodes)
-            held = HeldOutPairs(episodes, data, data["val_pairs"], probe_pairs)
-            if data["val_split"] == 0:
-                held.val = [
-                    self.train_pairs.pair(i) for i in range(min(len(self.train_pairs), data["val_pairs"]))
-                ]
+            held = HeldOutPairs(episodes, data, val_pairs, probe_pairs, probe_keys)
+            if data["val_split"] == 0:  # the training pairs themselves (seed 004's overfitting recipe)
+                held.val = [self.train_pairs.pair(i) for i in range(min(len(self.train_pairs), val_pairs))]
         else:
-            held = HeldOutPairs(read_episodes(urls, skipped), data, data["val_pairs"], probe_pairs)
+            held = HeldOutPairs(read_episodes(urls, skipped), data, val_pairs, probe_pairs, probe_keys)
             if held.num_train_scenes == 0:
                 raise RunError("data: every scene read is held out for validation; lower data.val_split")
-            if data["val_split"] == 0:
-                held.val = held.probe[: data["val_pairs"]]
         self.note_skipped(skipped)
         if not held.val:
             raise RunError("data: no validation pairs; raise data.val_split or add scenes")
-        self.val, self.probe = collate(held.val), collate(held.probe)
+        if not held.probe:
+            raise RunError("data: no training scene is longer than data.offsets; lower them or add scenes")
+        self.val, self.probe = collate(held.val), held.collate_probe(probe_keys)
         self.stream: Iterator[Sample] | None = None
         self.next_index = -1
 

@@ -130,7 +130,7 @@ class FinetuneStage(VLAStage):
     def __init__(self, spec: dict, device: torch.device, seed: int):
         data = spec["data"]
         urls = data_urls(data)
-        self.data = FrameData(urls, data, spec["train"], seed, STATS_PAIRS)
+        self.data = FrameData(urls, data, spec["train"], seed, STATS_PAIRS, probe_keys=("action_chunk",))
         if "action_chunk" not in self.data.val:
             raise SpecError(f"data: {data['shards'] or data['source']} has no actions to finetune on")
         actions = self.training_actions()

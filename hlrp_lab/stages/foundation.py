@@ -88,7 +88,7 @@ class FoundationStage(VLAStage):
         data = spec["data"]
         urls = data_urls(data)
         self.labels = check_labels(spec, urls)
-        self.data = FrameData(urls, data, spec["train"], seed, MAJORITY_PAIRS)
+        self.data = FrameData(urls, data, spec["train"], seed, MAJORITY_PAIRS, probe_keys=("codes",))
         self.batch_size, self.device = data["batch_size"], device
         self.model = self.build_model(spec, run_tokenizer(spec)).to(device)
         self.baseline = majority_baseline(self.data.probe["codes"], self.data.val["codes"])
