@@ -115,7 +115,9 @@ def main() -> None:
             shard_runs.append(pairs_per_second(stream, args.batches))
     training = training_pairs_per_second(spec, steps=30)
     shards, png = max(shard_runs), max(png_runs)
-    print(f"{args.episodes} episodes x {LENGTH} frames at {SIZE}x{SIZE}, batch {BATCH}, {args.workers} workers")
+    print(
+        f"{args.episodes} episodes x {LENGTH} frames at {SIZE}x{SIZE}, batch {BATCH}, {args.workers} workers"
+    )
     print(f"pairs_per_scene {data['pairs_per_scene']}, shuffle buffer {data['shuffle_buffer']}")
     print(f"best of {args.repeats} runs of {args.batches} batches each (all runs: pairs/s)")
     print(f"shards (WebDataset):     {shards:8.0f} pairs/s  {[round(r) for r in shard_runs]}")
