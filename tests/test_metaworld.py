@@ -120,12 +120,26 @@ def test_data_metaworld_writes_shards_a_spec_trains_on(tmp_path, shard_cache, mo
     out = tmp_path / "mw"
     args = ["data", "metaworld", str(out), "--tasks", "reach-v3,drawer-open-v3", "--episodes", "2"]
     result = CliRunner().invoke(
-        app, [*args, "--max-steps", "12", "--seed", "3", "--size", "32", "--workers", "2"]
+        app,
+        [
+            *args,
+            "--max-steps",
+            "12",
+            "--after-success",
+            "-1",
+            "--seed",
+            "3",
+            "--size",
+            "32",
+            "--workers",
+            "2",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "wrote 4 episodes, 52 frames in 1 shards" in result.output
     manifest = read_manifest(out)
     assert manifest["source_args"]["tasks"] == "reach-v3,drawer-open-v3" and manifest["image_size"] == 32
+    assert manifest["source_args"]["after_success"] is None  # -1: every episode runs to --max-steps
     assert set(manifest["keys"]) >= {"actions.npy", "states.npy", "success.npy", "instruction.txt"}
     assert verify_shards(out) == []
     episodes = list(read_episodes(shard_urls(out)))

@@ -96,10 +96,16 @@ def videos(
 def metaworld(
     out_dir: OutDir,
     tasks: Annotated[
-        str, typer.Option(help="Comma-separated tasks (reach-v3,push-v3) or easy|medium|hard|very_hard.")
+        str,
+        typer.Option(
+            help="Comma-separated tasks (reach-v3,push-v3) or a set: easy|medium|hard|very_hard|mt10|mt50."
+        ),
     ] = "easy",
     episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
     max_steps: Annotated[int, typer.Option(help="Steps per episode at most.")] = 150,
+    after_success: Annotated[
+        int, typer.Option(min=-1, help="Steps recorded after the first success; -1 runs to --max-steps.")
+    ] = 10,
     camera: Annotated[str, typer.Option(help="Meta-World camera name.")] = "corner2",
     seed: Annotated[int, typer.Option(help="Dataset seed; episodes keep their own seeds.")] = 0,
     workers: Annotated[int, typer.Option(help="Rendering processes.")] = 2,
@@ -114,6 +120,7 @@ def metaworld(
         "tasks": tasks,
         "episodes": episodes,
         "max_steps": max_steps,
+        "after_success": None if after_success < 0 else after_success,
         "camera": camera,
         "seed": seed,
         "workers": workers,

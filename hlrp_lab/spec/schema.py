@@ -30,7 +30,7 @@ class DataSpec(Strict):
     shards: str | None = Field(
         None,
         description="Shards written by `hlrp-lab data`: a directory with manifest.json, a glob, a brace "
-        "pattern (mw-{000000..000015}.tar), a local path or a URL. Give this or `source`.",
+        "pattern (metaworld-{000000..000015}.tar), a local path or a URL. Give this or `source`.",
     )
     image_size: PositiveInt = Field(64, description="Frames are square, image_size x image_size pixels.")
     pairs: Literal["scene", "pair"] = Field(
@@ -188,7 +188,7 @@ class MetaSpec(Strict):
 
 
 class Spec(Strict):
-    stage: str = Field(description="Which stage trains: laq.")
+    stage: str = Field(description="Which stage trains: laq, foundation or finetune (docs/PIPELINE.md).")
     data: DataSpec = Field(description="The data block.")
     model: dict[str, Any] = Field(description="The stage's components, one block per family.")
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and learning-rate schedule.")
