@@ -134,6 +134,7 @@ class FinetuneStage(VLAStage):
         if "action_chunk" not in self.data.val:
             raise SpecError(f"data: {data['shards'] or data['source']} has no actions to finetune on")
         actions = self.training_actions()
+        self.train_actions = torch.from_numpy(actions).to(device)  # for the mean-action baseline
         self.batch_size, self.device = data["batch_size"], device
         self.model = self.build_model(spec, run_tokenizer(spec), actions.shape[1]).to(device)
         low, high = np.percentile(actions, [1, 99], axis=0)
@@ -165,9 +166,7 @@ class FinetuneStage(VLAStage):
         val = self.data.val
         predicted = self.model.normalize(self.predict(val["frame_t"], val["instruction"]))
         target = self.model.normalize(torch.from_numpy(val["action_chunk"]).to(predicted.device))
-        train_mean = self.model.normalize(
-            torch.from_numpy(self.training_actions()).to(predicted.device)
-        ).mean(0)
+        train_mean = self.model.normalize(self.train_actions).mean(0)
         metrics = {
             "val_action_mse": (predicted - target).pow(2).mean().item(),
             "val_action_l1": (predicted - target).abs().mean().item(),
