@@ -18,7 +18,7 @@ from hlrp_lab.cli.main import app
 from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.experiment.results import keep_models
-from hlrp_lab.experiment.search import set_ray_defaults
+from hlrp_lab.experiment.search import error_summary, set_ray_defaults
 from hlrp_lab.experiment.search_space import SAMPLERS, apply_sample
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.util import make_run_dir
@@ -305,3 +305,8 @@ def test_keep_models_removes_the_other_trials_files_and_tokenizer_folders(tmp_pa
         (tmp_path / f"s_t{trial}_tokenizer" / "tokenizer.json").write_text("{}")
     keep_models(tmp_path, "s", ranked=[1, 0], trials=[0, 1], keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s_t1_s0_best.safetensors", "s_t1_tokenizer"]
+
+
+def test_a_failed_trial_is_summarised_by_its_type_and_first_line():
+    assert error_summary(ValueError("bad lr\nTraceback ...")) == "ValueError: bad lr"
+    assert error_summary(AssertionError()) == "AssertionError"  # a bare assert has no message

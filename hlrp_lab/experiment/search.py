@@ -153,12 +153,15 @@ def trial_record(spec: dict, keys: list[SearchKey], result: Any, ended: set[str]
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     record = TrialRecord(trial["meta"]["trial"], "interrupted", metrics, trial, applied)
     if result.error is not None:
-        cause = getattr(result.error, "cause", None) or result.error
-        record.status, record.error = (
-            "failed",
-            f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}",
-        )
+        record.status, record.error = "failed", error_summary(result.error)
     elif name in ended:
         done = metrics.get("step", 0) >= trial["train"]["max_step"]
         record.status = "completed" if done else "stopped early"
     return record
+
+
+def error_summary(error: BaseException) -> str:
+    """``Type: first line of the message`` of what a trial raised (Ray wraps it: its ``cause``)."""
+    cause = getattr(error, "cause", None) or error
+    first_line = str(cause).strip().partition("\n")[0]
+    return f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
