@@ -1,5 +1,6 @@
 """Frame pairs and the WebDataset loader on real shards on disk: split, pair modes, streams, damage."""
 
+import fcntl
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,15 @@ from loguru import logger
 
 from hlrp_lab.data.dataset import check_readable, data_urls
 from hlrp_lab.data.episode import Episode
-from hlrp_lab.data.loader import FrameData, HeldOutPairs, batches, first_per_task, scene_stream
+from hlrp_lab.data.loader import (
+    WORKER_PIPE_BYTES,
+    FrameData,
+    HeldOutPairs,
+    WidePipeContext,
+    batches,
+    first_per_task,
+    scene_stream,
+)
 from hlrp_lab.data.pairs import FramePairs, batch_indices, collate, is_val_scene, make_pair
 from hlrp_lab.data.shards import expand_shards, write_shards
 from hlrp_lab.experiment.control import Session
@@ -196,8 +205,11 @@ def test_held_out_pairs_own_their_frames_and_probes_keep_only_what_is_asked():
     assert len(held.val) == 16 and len(held.probe) == 32
     assert all(set(pair) == {"action"} for pair in held.probe)
     assert not any(np.shares_memory(pair["frame_t"], e.frames) for pair in held.val for e in episodes)
-    probe = held.collate_probe(("action", "codes"))  # keys the pairs lack are left out
-    assert set(probe) == {"action"} and probe["action"].shape == (32, 2)
+    assert set(held.collate_probe()) == {"action"} and held.collate_probe()["action"].shape == (32, 2)
+    unlabelled = HeldOutPairs(
+        episodes, data_block(), val_count=4, probe_count=8, probe_keys=("codes", "action")
+    )
+    assert set(unlabelled.collate_probe()) == {"action"}  # keys the pairs lack are left out
 
 
 def test_without_a_split_validation_is_the_first_probe_pairs_and_reading_stops(numbered_shards):
@@ -338,3 +350,9 @@ def test_max_episodes_keeps_the_first_episodes_of_each_task(numbered_shards):
                 "data": {**tiny_spec_dict(Path("x"))["data"], "max_episodes": 2},
             }
         )
+
+
+def test_worker_queues_are_wide_pipes_at_both_ends():
+    queue = WidePipeContext().Queue()
+    sizes = [fcntl.fcntl(end.fileno(), fcntl.F_GETPIPE_SZ) for end in (queue._reader, queue._writer)]
+    assert sizes == [WORKER_PIPE_BYTES] * 2

@@ -113,11 +113,10 @@ class WidePipeContext(ForkContext):
 
     def Queue(self, maxsize: int = 0) -> Queue:  # the multiprocessing API names it so
         queue = super().Queue(maxsize)
-        for end in (queue._reader, queue._writer):
-            try:
-                fcntl.fcntl(end.fileno(), fcntl.F_SETPIPE_SZ, WORKER_PIPE_BYTES)
-            except OSError:  # over this user's pipe quota: keep the default size
-                break
+        try:  # the size belongs to the pipe: either end sets it
+            fcntl.fcntl(queue._writer.fileno(), fcntl.F_SETPIPE_SZ, WORKER_PIPE_BYTES)
+        except OSError:  # over this user's pipe quota: keep the default size
+            pass
         return queue
 
 
@@ -170,6 +169,7 @@ class HeldOutPairs:
     ):
         self.val: list[Sample] = []
         self.probe: list[Sample] = []
+        self.probe_keys = probe_keys
         self.num_train_scenes = 0
         for episode in episodes:
             held_out = is_val_scene(episode.scene, data["val_split"])
@@ -189,17 +189,18 @@ class HeldOutPairs:
             if len(self.val) >= val_count and len(self.probe) >= probe_count:
                 break
 
-    def collate_probe(self, probe_keys: tuple[str, ...] | None) -> Sample:
+    def collate_probe(self) -> Sample:
         """The probe pairs as one batch (of those ``probe_keys`` every pair has, when given)."""
-        if probe_keys is None:
+        if self.probe_keys is None:
             return collate(self.probe)
-        shared = [key for key in probe_keys if all(key in pair for pair in self.probe)]
+        shared = [key for key in self.probe_keys if all(key in pair for pair in self.probe)]
         return {key: np.stack([pair[key] for pair in self.probe]) for key in shared}
 
 
 def owned(pair: Sample, keys: tuple[str, ...] | None = None) -> Sample:
-    """``pair`` (only ``keys`` of it, when given) with copies of its arrays instead of views of its episode."""
-    kept = pair if keys is None else {key: pair[key] for key in keys}
+    """``pair`` (only those ``keys`` it has, when given) with copies of its arrays instead of views of its
+    episode."""
+    kept = pair if keys is None else {key: pair[key] for key in keys if key in pair}
     return {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in kept.items()}
 
 
@@ -228,8 +229,9 @@ class FrameData:
         if data["pairs"] == "pair":
             episodes = list(read_episodes(urls, skipped))
             self.train_pairs = self.index_train_pairs(episodes)
-            held = HeldOutPairs(episodes, data, val_pairs, probe_pairs, probe_keys)
-            if data["val_split"] == 0:  # the training pairs themselves (seed 004's overfitting recipe)
+            no_split = data["val_split"] == 0
+            held = HeldOutPairs(episodes, data, 0 if no_split else val_pairs, probe_pairs, probe_keys)
+            if no_split:  # the training pairs themselves (seed 004's overfitting recipe)
                 held.val = [self.train_pairs.pair(i) for i in range(min(len(self.train_pairs), val_pairs))]
         else:
             held = HeldOutPairs(read_episodes(urls, skipped), data, val_pairs, probe_pairs, probe_keys)
@@ -240,7 +242,7 @@ class FrameData:
             raise RunError("data: no validation pairs; raise data.val_split or add scenes")
         if not held.probe:
             raise RunError("data: no training scene is longer than data.offsets; lower them or add scenes")
-        self.val, self.probe = collate(held.val), held.collate_probe(probe_keys)
+        self.val, self.probe = collate(held.val), held.collate_probe()
         self.stream: Iterator[Sample] | None = None
         self.next_index = -1
 
