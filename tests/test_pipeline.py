@@ -207,3 +207,15 @@ def test_closed_loop_needs_data_from_metaworld(chain, tmp_path):
     assert metaworld_origin(shard_urls(chain["labels"])) is None  # labelled procedural data
     with pytest.raises(SpecError, match="train.eval_rollouts: closed-loop evaluation runs in Meta-World"):
         Rollouts.check(shard_urls(chain["labels"]))
+
+
+def test_a_spec_with_a_search_block_still_trains_in_train_mode(chain):
+    """A search prepares only the data (each trial makes its tokenizer); other modes prepare everything."""
+    spec = json.loads(chain["specs"].read_text())["vla"]
+    spec["search"] = {"optim.lr__loguniform": [1e-4, 1e-2]}
+    spec["train"].update(max_step=2, eval_frequency=2)
+    path = chain["root"] / "search_block.json"
+    path.write_text(json.dumps({"vla_with_search": spec}))
+    run_dir = run_lab(path, "vla_with_search", Mode("train"), {})
+    assert (run_dir / "model" / "vla_with_search_t0_tokenizer" / "tokenizer.json").is_file()
+    assert metrics(run_dir, "vla_with_search")["step"] == 2

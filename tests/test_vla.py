@@ -135,7 +135,6 @@ def test_a_pretrained_tokenizer_without_a_pad_token_pads_with_its_eos(tmp_path):
     no_pad.pad_token = None
     no_pad.save_pretrained(tmp_path / "model")
     spec = {
-        "search": {},
         "meta": {"run_dir": str(tmp_path / "run"), "spec_name": "x", "trial": 0},
         "model": {
             "vla": {"pretrained": str(tmp_path / "model")},

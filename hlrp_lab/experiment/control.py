@@ -251,7 +251,7 @@ class Experiment:
         model files (-1: all). Raises RunError, after writing them, if the search was interrupted."""
         from hlrp_lab.experiment.search import run_search
 
-        self.stage_cls.prepare(self.spec)
+        self.stage_cls.prepare_data(self.spec)
         outcome = run_search(self.spec)
         table = self.tabulate(outcome.records, outcome.params)
         ranked = table.dropna(subset=[self.stage_cls.metric])

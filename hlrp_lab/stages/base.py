@@ -23,8 +23,15 @@ class Stage(ABC):
     model: nn.Module
 
     @classmethod
+    def prepare_data(cls, spec: dict) -> None:
+        """Make or check the data (e.g. write data shards), in the main process: once per search before its
+        trials start, so that parallel trials find it ready, and in ``prepare``."""
+
+    @classmethod
     def prepare(cls, spec: dict) -> None:
-        """Once per trial, in the main process, before any session starts (e.g. write data shards)."""
+        """Once per trial, in the main process, before any session starts: the data, then anything of the
+        trial's own (e.g. its tokenizer)."""
+        cls.prepare_data(spec)
 
     @classmethod
     @abstractmethod

@@ -102,12 +102,16 @@ class FinetuneStage(VLAStage):
     graph_metrics = ("loss", "val_action_mse", "mean_action_mse", "success_rate")
 
     @classmethod
-    def prepare(cls, spec: dict) -> None:
+    def prepare_data(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
         check_readable(urls, spec["data"])
-        prepare_tokenizer(spec, urls, foundation_reference(spec))
         if spec["train"]["eval_rollouts"]:
             Rollouts.check(urls)
+
+    @classmethod
+    def prepare(cls, spec: dict) -> None:
+        cls.prepare_data(spec)
+        prepare_tokenizer(spec, data_urls(spec["data"]), foundation_reference(spec))
 
     @classmethod
     def build_model(

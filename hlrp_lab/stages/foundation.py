@@ -74,11 +74,15 @@ class FoundationStage(VLAStage):
     graph_metrics = ("loss", "token_acc", "val_token_acc", "val_exact_match", "majority_token_acc")
 
     @classmethod
-    def prepare(cls, spec: dict) -> None:
+    def prepare_data(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
         check_readable(urls, spec["data"])
         check_labels(spec, urls)
-        prepare_tokenizer(spec, urls)
+
+    @classmethod
+    def prepare(cls, spec: dict) -> None:
+        cls.prepare_data(spec)
+        prepare_tokenizer(spec, data_urls(spec["data"]))
 
     @classmethod
     def build_model(cls, spec: dict, tokenizer: PreTrainedTokenizerBase | None = None) -> LatentActionVLA:

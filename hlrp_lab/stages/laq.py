@@ -58,7 +58,7 @@ class LAQStage(Stage):
     graph_metrics = ("loss", "val_psnr", "psnr_gain", "latent_gain", "perplexity", "probe_r2")
 
     @classmethod
-    def prepare(cls, spec: dict) -> None:
+    def prepare_data(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
         check_readable(urls, spec["data"])
         logger.info(f"data: {len(urls)} shards, first {urls[0]}")

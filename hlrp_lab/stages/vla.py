@@ -106,10 +106,9 @@ def reference_tokenizer_dir(reference: RunReference) -> Path:
 
 def prepare_tokenizer(spec: dict, urls: list[str], reference: RunReference | None = None) -> None:
     """Make and save the trial's tokenizer: the referenced run's, the pretrained model's, or one from the
-    data's instructions. Nothing if it exists (a resumed run keeps its own), nor for a search's own spec
-    (each of its trials makes its own: they may vary the query tokens)."""
+    data's instructions. Nothing if it exists (a resumed run keeps its own)."""
     directory = tokenizer_dir(spec)
-    if spec["search"] or (directory / "tokenizer_config.json").is_file():
+    if (directory / "tokenizer_config.json").is_file():
         return
     if reference is not None:
         shutil.copytree(reference_tokenizer_dir(reference), directory)
