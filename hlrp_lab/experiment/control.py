@@ -24,7 +24,7 @@ from hlrp_lab.experiment.analysis import (
     save_trial_graphs,
 )
 from hlrp_lab.experiment.checkpoint import Checkpoints
-from hlrp_lab.experiment.loop import EvalCallback, Loop, autocast, format_metrics
+from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
 from hlrp_lab.experiment.results import TrialRecord, experiment_table, keep_models, save_table
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.logger import setup_logger
@@ -97,10 +97,7 @@ class Session:
         """Load the `tag` checkpoint and evaluate it only."""
         stage = self.build_stage()
         state = self.checkpoints.load(tag, stage.model)
-        stage.model.eval()
-        device = next(stage.model.parameters()).device
-        with torch.no_grad(), autocast(self.spec["train"]["precision"], device):
-            metrics = {"step": float(state["step"]), **stage.evaluate()}
+        metrics = {"step": float(state["step"]), **evaluate_stage(stage, self.spec["train"]["precision"])}
         logger.info(f"{self.prefix} {tag} checkpoint (step {state['step']}): {format_metrics(metrics)}")
         return metrics
 

@@ -44,9 +44,6 @@ class Loop:
         self.sums: dict[str, torch.Tensor] = {}
         self.window_steps = 0
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.train["precision"], self.device)
-
     def run(self) -> dict[str, float]:
         """Train to max_step and return the final metrics (last evaluation plus run statistics)."""
         if self.checkpoints.exists("last"):
@@ -74,7 +71,7 @@ class Loop:
         accum = self.train["grad_accum"]
         for micro in range(accum):
             batch = self.stage.train_batch(self.step * accum + micro)
-            with self.autocast():
+            with autocast(self.train["precision"], self.device):
                 loss, logs = self.stage.train_step(batch)
             (loss / accum).backward()
             self.accumulate({"loss": loss.detach(), **logs}, weight=1 / accum)
@@ -129,9 +126,7 @@ class Loop:
         return row
 
     def evaluate(self) -> dict[str, float]:
-        self.stage.model.eval()
-        with torch.no_grad(), self.autocast():
-            metrics = self.stage.evaluate()
+        metrics = evaluate_stage(self.stage, self.train["precision"])
         self.stage.model.train()
         return metrics
 
@@ -182,6 +177,13 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def evaluate_stage(stage: Stage, precision: str) -> dict[str, float]:
+    """``stage.evaluate()`` with its model in eval mode, without gradients, under the training precision."""
+    stage.model.eval()
+    with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
+        return stage.evaluate()
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
