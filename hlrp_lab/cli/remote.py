@@ -118,7 +118,7 @@ def project_path(spec_file: Path) -> Path:
 def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> None:
     """The checks of ``run`` before launch: framework keys here, components in a child process if possible."""
     from hlrp_lab.components.registry import validate_model
-    from hlrp_lab.experiment.search_space import parse_search
+    from hlrp_lab.experiment.search_space import check_search_mode, parse_search
     from hlrp_lab.spec.schema import Spec
     from hlrp_lab.spec.spec_util import parse_sets, resolve_spec
 
@@ -131,10 +131,7 @@ def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[st
                 f"{key}: {reference} names a run under data/, which run-remote does not upload "
                 "(.dstackignore); give an absolute path on a volume the remote machine mounts"
             )
-    if mode == "search" and not spec["search"]:
-        raise SpecError(
-            f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"
-        )
+    check_search_mode(spec, spec_name, mode)
     if importlib.util.find_spec("torch") is None:
         return  # the orchestration-only install: components are checked on the remote machine
     set_args = [arg for value in sets for arg in ("-s", value)]

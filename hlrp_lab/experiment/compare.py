@@ -10,7 +10,7 @@ import pandas as pd
 
 from hlrp_lab.experiment.analysis import session_histories, trial_curve
 from hlrp_lab.lib.errors import RunError, SpecError
-from hlrp_lab.lib.runs import DATA_ROOT, RUN_DIR_NAME, newest_run, saved_spec_path
+from hlrp_lab.lib.runs import DATA_ROOT, newest_run, run_dir_spec_name, saved_spec_path
 from hlrp_lab.lib.viz import Curve, save_plot
 
 
@@ -50,9 +50,9 @@ class Sessions:
 
 def as_run(path: Path) -> Run | None:
     """``path`` as a run, or None if it is not a run directory."""
-    match = RUN_DIR_NAME.fullmatch(path.name)
-    if match and saved_spec_path(path, match["spec"]).is_file():
-        return Run(path, match["spec"])
+    spec_name = run_dir_spec_name(path.name)
+    if spec_name is not None and saved_spec_path(path, spec_name).is_file():
+        return Run(path, spec_name)
     return None
 
 

@@ -8,6 +8,7 @@ import pydash
 from loguru import logger
 
 from hlrp_lab.experiment.control import Experiment, Trial
+from hlrp_lab.experiment.search_space import check_search_mode
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.runs import DATA_ROOT, newest_run, resolve_reference, saved_spec_path
@@ -33,10 +34,7 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     spec = override_mode(check_spec(resolve_spec(spec_file, spec_name, sets)), mode.name)
     setup_logger()  # the console, until the run directory exists
     spec = pin_references(spec)
-    if mode.name == "search" and not spec["search"]:
-        raise SpecError(
-            f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"
-        )
+    check_search_mode(spec, spec_name, mode.name)
     ts = timestamp()
     run_dir = make_run_dir(DATA_ROOT, spec_name, ts)
     meta = spec["meta"]

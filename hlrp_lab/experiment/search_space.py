@@ -117,6 +117,14 @@ def owning_block(path: str, blocks: dict[str, Registry]) -> str | None:
     return next((block for block in blocks if path.startswith(f"{block}.")), None)
 
 
+def check_search_mode(spec: dict, spec_name: str, mode: str) -> None:
+    """A search needs a ``search`` block to sample trials from."""
+    if mode == "search" and not spec["search"]:
+        raise SpecError(
+            f"search: spec {spec_name!r} has no search block to sample trials from; see docs/SEARCH.md"
+        )
+
+
 def check_search(spec: dict) -> None:
     """Check the ``search`` block of a checked spec: samplers, arguments and paths, naming the bad key."""
     keys = parse_search(spec["search"])
@@ -154,7 +162,7 @@ def check_path(
     names = [pydash.get(spec, f"{block}.name")]
     if block in sampled_names:
         names += [name for name in sampled_names[block].args if name not in names]
-    if not any(field in registry.get(name, block).Config.model_fields for name in names):
+    if not any(field in config_fields(registry, name, block) for name in names):
         raise SpecError(f"{key}: no {registry.family} of {', '.join(names)} has the key {field!r}")
 
 
