@@ -153,7 +153,7 @@ def label(
     typer.echo(f"labelling with {reference.weights}")
     block = {
         "name": "label",
-        "laq": laq_run,
+        "laq": str(reference.weights),  # resolved once: a newer run cannot slip in between
         "shards": shards,
         "offset": offset,
         "batch_size": batch_size,
