@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hlrp_lab.data.sources.metaworld import (
+    MAX_PATH_LENGTH,
     TASK_DESCRIPTIONS,
     TaskSimulator,
     episode_seed,
@@ -36,7 +37,6 @@ from hlrp_lab.data.sources.metaworld import (
 )
 from hlrp_lab.lib.errors import RunError
 
-MAX_PATH_LENGTH = 500  # Meta-World refuses to step an episode further
 VIDEO_FPS = 10
 VIDEO_MIN_WIDTH = 128
 

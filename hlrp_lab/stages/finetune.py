@@ -24,7 +24,7 @@ from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
-from hlrp_lab.stages.rollouts import Rollouts, metaworld_origin
+from hlrp_lab.stages.rollouts import Rollouts
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
     VLAStage,
@@ -148,9 +148,7 @@ class FinetuneStage(VLAStage):
         if reference is not None:
             load_model(self.model.vla, str(reference.weights), device=str(device))
             logger.info(f"finetuning from {reference.weights}")
-        # in `eval` mode eval_rollouts is rollout.episodes: closed loop where the data is Meta-World's
-        closed_loop = spec["train"]["eval_rollouts"] and metaworld_origin(urls) is not None
-        self.rollouts = Rollouts(spec, urls) if closed_loop else None
+        self.rollouts = Rollouts.of_data(spec, urls)
 
     def training_actions(self) -> np.ndarray:
         """(N, action_dim) actions of the training scenes: all of them at pair level, else a sample."""

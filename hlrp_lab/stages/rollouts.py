@@ -23,16 +23,25 @@ def metaworld_origin(urls: list[str]) -> dict | None:
 class Rollouts:
     """Episodes of the data's tasks (or ``rollout.tasks``), seeded by ``rollout.seed``, videos in graph/."""
 
-    def __init__(self, spec: dict, urls: list[str]):
+    def __init__(self, spec: dict, origin: dict):
+        """Rollouts like the Meta-World data of manifest ``origin``."""
         from hlrp_lab.data.sources.metaworld import resolve_tasks
 
-        origin = metaworld_origin(urls)
         settings, meta = spec["rollout"], spec["meta"]
         self.tasks = settings["tasks"] or resolve_tasks(origin["source_args"]["tasks"])
         self.camera, self.image_size = origin["source_args"]["camera"], origin["image_size"]
         self.episodes, self.settings = spec["train"]["eval_rollouts"], settings
         self.video_dir = Path(meta["run_dir"]) / "graph"
         self.video_prefix = f"{meta['spec_name']}_t{meta['trial']}_s{meta['session']}_rollout"
+
+    @classmethod
+    def of_data(cls, spec: dict, urls: list[str]) -> "Rollouts | None":
+        """The closed-loop evaluation of ``spec`` if it asks for one (``train.eval_rollouts``; in ``eval``
+        mode ``rollout.episodes``) and its data is Meta-World's; else None."""
+        if not spec["train"]["eval_rollouts"]:
+            return None
+        origin = metaworld_origin(urls)
+        return None if origin is None else cls(spec, origin)
 
     @staticmethod
     def check(urls: list[str]) -> None:

@@ -126,6 +126,7 @@ TASK_SETS = {
 }
 # The cameras of Meta-World's scene (xyz_base.xml); the corner ones render upside-down.
 Camera = Literal["corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV"]
+MAX_PATH_LENGTH = 500  # Meta-World refuses to step an episode further
 UPSIDE_DOWN = {"corner", "corner2", "corner3", "corner4"}
 GL_PACKAGES = (
     "MUJOCO_GL=egl needs the Debian packages libegl1 libegl-mesa0 libgl1-mesa-dri; osmesa needs libosmesa6"
@@ -155,7 +156,9 @@ class MetaWorldConfig(BaseModel):
         "very_hard (the MT50 difficulty split), mt10, mt50.",
     )
     episodes: int = Field(10, gt=0, description="Episodes per task.")
-    max_steps: int = Field(150, ge=1, le=500, description="Steps per episode at most (frames: one more).")
+    max_steps: int = Field(
+        150, ge=1, le=MAX_PATH_LENGTH, description="Steps per episode at most (frames: one more)."
+    )
     after_success: int | None = Field(
         10,
         ge=0,
