@@ -18,7 +18,8 @@ from dstack._internal.core.models.fleets import FleetConfiguration
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
-from hlrp_lab.cli.remote import masked_sets
+from hlrp_lab.cli.remote import check_run_references, masked_sets
+from hlrp_lab.lib.errors import SpecError
 
 ROOT = Path(__file__).parents[1]
 DSTACK_DIR = ROOT / ".dstack"
@@ -198,4 +199,15 @@ def test_dry_run_masks_secret_set_values_and_refuses_local_run_references(dstack
     assert result.exit_code == 2
     assert "train.init_from: latest:vla_debug names a run under data/, which run-remote does not upload" in (
         result.output
+    )
+
+
+def test_run_references_in_a_search_block_are_refused_too():
+    search = {"train.init_from__choice": ["/mnt/runs/vla_2026_11_23_101010", "data/vla_2026_11_23_101010"]}
+    with pytest.raises(
+        SpecError, match=r"search.train.init_from__choice\[1\]: data/vla_2026_11_23_101010 names"
+    ):
+        check_run_references({"train": {"init_from": None}, "data": {"source": None}, "search": search})
+    check_run_references(
+        {"train": {"init_from": "/mnt/runs/vla_2026_11_23_101010"}, "data": {"shards": "data/mw"}}
     )

@@ -6,6 +6,7 @@ command stays light and gives the errors ``run`` would give.
 """
 
 import importlib.util
+import itertools
 import os
 import re
 import shlex
@@ -115,6 +116,22 @@ def project_path(spec_file: Path) -> Path:
         ) from None
 
 
+def check_run_references(spec: dict) -> None:
+    """Refuse runs named on this machine (``latest:``, relative paths): run-remote uploads no data/."""
+    from hlrp_lab.lib.runs import local_run_references
+
+    relative = [(key, pydash.get(spec, key)) for key in RUN_REFERENCE_KEYS]
+    relative = [
+        (key, value) for key, value in relative if isinstance(value, str) and not Path(value).is_absolute()
+    ]
+    found = next(itertools.chain(relative, local_run_references(spec)), None)
+    if found is not None:
+        raise SpecError(
+            f"{found[0]}: {found[1]} names a run under data/, which run-remote does not upload "
+            "(.dstackignore); give an absolute path on a volume the remote machine mounts"
+        )
+
+
 def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> None:
     """The checks of ``run`` before launch: framework keys here, components in a child process if possible."""
     from hlrp_lab.components.registry import validate_model
@@ -124,13 +141,7 @@ def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[st
 
     spec = validate_model(Spec, resolve_spec(spec_file, spec_name, parse_sets(sets)), "").model_dump()
     parse_search(spec["search"])
-    for key in RUN_REFERENCE_KEYS:
-        reference = pydash.get(spec, key)
-        if isinstance(reference, str) and not Path(reference).is_absolute():
-            raise SpecError(
-                f"{key}: {reference} names a run under data/, which run-remote does not upload "
-                "(.dstackignore); give an absolute path on a volume the remote machine mounts"
-            )
+    check_run_references(spec)
     check_search_mode(spec, spec_name, mode)
     if importlib.util.find_spec("torch") is None:
         return  # the orchestration-only install: components are checked on the remote machine

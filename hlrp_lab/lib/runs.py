@@ -3,8 +3,10 @@
 import csv
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hlrp_lab.lib.errors import SpecError
 
@@ -88,3 +90,21 @@ def best_weights(run_dir: Path, spec_name: str, key: str) -> RunReference:
     if not weights.is_file():
         raise SpecError(f"{key}: {run_dir} has no {weights.name}; name a weights file instead")
     return RunReference(run_dir, spec_name, trial, weights)
+
+
+def local_run_references(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, value) of every string in a spec that names a run of this machine's data/:
+    ``latest:<spec_name>`` or a relative path into a run directory, search choices included."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from local_run_references(value, f"{key}.{name}" if key else name)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from local_run_references(value, f"{key}[{index}]")
+    elif isinstance(node, str):
+        parts = Path(node).parts
+        in_run_dir = (
+            len(parts) >= 2 and parts[0] == DATA_ROOT.name and run_dir_spec_name(parts[1]) is not None
+        )
+        if node.startswith("latest:") or in_run_dir:
+            yield key, node
