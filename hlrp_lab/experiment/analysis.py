@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
-from hlrp_lab.lib.viz import PALETTE, Curve, save_plot
+from hlrp_lab.experiment.results import ENDED, INTERRUPTED
+from hlrp_lab.lib.viz import Curve, save_plot, save_scatter
 
 
 def aggregate_sessions(results: list[dict[str, float]]) -> dict:
@@ -75,47 +74,9 @@ def save_experiment_graphs(
         x = rows[param] if numeric else rows[param].astype(str)
         groups = {
             status: (x[rows["status"] == status], rows.loc[rows["status"] == status, metric])
-            for status in ("completed", "stopped early", "interrupted")
+            for status in (*ENDED, INTERRUPTED)
             if (rows["status"] == status).any()
         }
         stem = graph_dir / f"{spec_name}_experiment_graph_{param.replace('.', '_')}"
         title = f"{spec_name}: {metric} vs {param} ({len(rows)} trials)"
         save_scatter(groups, stem, title, param, metric, log_x=param in log_x)
-
-
-def save_scatter(
-    groups: dict[str, tuple[pd.Series, pd.Series]],
-    stem: Path,
-    title: str,
-    x_label: str,
-    y_label: str,
-    log_x: bool,
-) -> None:
-    """``stem.png`` (matplotlib) and ``stem.html`` (plotly): one marker colour per group."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    plotly_fig = go.Figure()
-    for i, (label, (x, y)) in enumerate(groups.items()):
-        color = PALETTE[i % len(PALETTE)]
-        ax.scatter(x, y, label=label, color=color, s=28, alpha=0.85)
-        r, g, b = (int(255 * c) for c in color)
-        plotly_fig.add_trace(
-            go.Scatter(
-                x=list(x), y=list(y), mode="markers", name=label, marker={"color": f"rgb({r},{g},{b})"}
-            )
-        )
-    ax.set(title=title, xlabel=x_label, ylabel=y_label)
-    if log_x:  # setting a linear scale would drop the ticks of categorical values
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(stem.with_name(f"{stem.name}.png"))
-    plt.close(fig)
-    plotly_fig.update_layout(
-        title=title,
-        xaxis={"title": x_label, "type": "log" if log_x else "-"},
-        yaxis_title=y_label,
-        template="plotly_white",
-    )
-    plotly_fig.write_html(stem.with_name(f"{stem.name}.html"), include_plotlyjs="cdn")

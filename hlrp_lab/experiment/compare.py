@@ -10,7 +10,7 @@ import pandas as pd
 
 from hlrp_lab.experiment.analysis import session_histories, trial_curve
 from hlrp_lab.lib.errors import RunError, SpecError
-from hlrp_lab.lib.runs import DATA_ROOT, newest_run, run_dir_spec_name, saved_spec_path
+from hlrp_lab.lib.runs import DATA_ROOT, experiment_table_path, newest_run, run_dir_spec_name, saved_spec_path
 from hlrp_lab.lib.viz import Curve, save_plot
 
 
@@ -82,7 +82,7 @@ def ranked_trials(run: Run) -> list[int]:
     else by number. Trials stopped early by ASHA have no session metrics."""
     pattern = re.compile(rf"{re.escape(run.spec_name)}_t(\d+)_s\d+_session_metrics\.csv")
     found = {int(m[1]) for p in run.info.glob("*_session_metrics.csv") if (m := pattern.fullmatch(p.name))}
-    table = run.info / f"{run.spec_name}_experiment.csv"
+    table = experiment_table_path(run.path, run.spec_name)
     order = pd.read_csv(table)["trial"].tolist() if table.is_file() else sorted(found)
     return [trial for trial in order if trial in found]
 

@@ -25,9 +25,17 @@ from hlrp_lab.experiment.analysis import (
 )
 from hlrp_lab.experiment.checkpoint import Checkpoints
 from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
-from hlrp_lab.experiment.results import TrialRecord, experiment_table, keep_models, save_table
+from hlrp_lab.experiment.results import (
+    COMPLETED,
+    ENDED,
+    TrialRecord,
+    experiment_table,
+    keep_models,
+    save_table,
+)
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.logger import setup_logger
+from hlrp_lab.lib.runs import experiment_table_path
 from hlrp_lab.lib.util import write_json
 from hlrp_lab.spec.check import check_spec
 
@@ -240,7 +248,7 @@ class Experiment:
         for trial, spec in enumerate(trial_specs):
             spec = pydash.clone_deep(spec)
             spec["meta"]["trial"] = trial
-            records.append(TrialRecord(trial, "completed", Trial(spec).run()["mean"], spec))
+            records.append(TrialRecord(trial, COMPLETED, Trial(spec).run()["mean"], spec))
         return self.tabulate(records, [])
 
     def search(self, keep: int = 3) -> pd.DataFrame:
@@ -261,21 +269,19 @@ class Experiment:
         keep_models(self.run_dir / "model", self.spec_name, ranked["trial"].tolist(), table["trial"], keep)
         logger.info(f"{self.spec_name} search: {len(table)} trials\n{table.head(10).to_string(index=False)}")
         if outcome.interrupted:
-            ended = int(table["status"].isin(["completed", "stopped early"]).sum())
+            ended = int(table["status"].isin(ENDED).sum())
             raise RunError(
                 f"search interrupted: {ended} of the {len(table)} trials started had ended; "
-                f"the table of what ran: {self.run_dir / 'info' / f'{self.spec_name}_experiment.csv'}"
+                f"the table of what ran: {experiment_table_path(self.run_dir, self.spec_name)}"
             )
         if ranked.empty:
-            raise RunError(
-                f"every trial failed; see {self.run_dir / 'info' / f'{self.spec_name}_experiment.csv'}"
-            )
+            raise RunError(f"every trial failed; see {experiment_table_path(self.run_dir, self.spec_name)}")
         return table
 
     def tabulate(self, records: list[TrialRecord], params: list[str]) -> pd.DataFrame:
         metric, mode = self.stage_cls.metric, self.stage_cls.metric_mode
         table = experiment_table(records, metric, mode, params, self.stage_cls.graph_metrics)
-        save_table(table, self.run_dir / "info" / f"{self.spec_name}_experiment")
+        save_table(table, experiment_table_path(self.run_dir, self.spec_name).with_suffix(""))
         return table
 
     def save_best_spec(self, record: TrialRecord) -> None:

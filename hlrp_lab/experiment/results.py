@@ -9,6 +9,10 @@ from typing import Any
 
 import pandas as pd
 
+# How a trial ended, as its row in the experiment table says
+COMPLETED, STOPPED_EARLY, INTERRUPTED, FAILED = "completed", "stopped early", "interrupted", "failed"
+ENDED = (COMPLETED, STOPPED_EARLY)  # ran as the search meant: to the end, or until ASHA stopped it
+
 
 @dataclass
 class TrialRecord:

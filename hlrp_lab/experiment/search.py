@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hlrp_lab.components.registry import STAGES
-from hlrp_lab.experiment.results import TrialRecord
+from hlrp_lab.experiment.results import COMPLETED, FAILED, INTERRUPTED, STOPPED_EARLY, TrialRecord
 from hlrp_lab.experiment.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
 
 # Set before Ray is imported (an environment variable already set wins): no usage statistics; trials keep
@@ -64,7 +64,7 @@ def run_search(spec: dict) -> SearchOutcome:
         records,
         [key.path for key in keys],
         {key.path for key in keys if key.sampler in LOG_SAMPLERS},
-        any(record.status == "interrupted" for record in records),
+        any(record.status == INTERRUPTED for record in records),
     )
 
 
@@ -151,12 +151,12 @@ def trial_record(spec: dict, keys: list[SearchKey], result: Any, ended: set[str]
     name = Path(result.path).name
     trial, applied = trial_spec(spec, keys, result.config, trial_index(name))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
-    record = TrialRecord(trial["meta"]["trial"], "interrupted", metrics, trial, applied)
+    record = TrialRecord(trial["meta"]["trial"], INTERRUPTED, metrics, trial, applied)
     if result.error is not None:
-        record.status, record.error = "failed", error_summary(result.error)
+        record.status, record.error = FAILED, error_summary(result.error)
     elif name in ended:
         done = metrics.get("step", 0) >= trial["train"]["max_step"]
-        record.status = "completed" if done else "stopped early"
+        record.status = COMPLETED if done else STOPPED_EARLY
     return record
 
 

@@ -25,6 +25,11 @@ def run_dir_spec_name(name: str) -> str | None:
     return match["spec"] if match else None
 
 
+def experiment_table_path(run_dir: Path, spec_name: str) -> Path:
+    """A search's table of trials (CSV; a Parquet copy beside it)."""
+    return run_dir / "info" / f"{spec_name}_experiment.csv"
+
+
 def newest_run(spec_name: str, root: Path = DATA_ROOT) -> Path | None:
     """The newest ``{spec_name}_{timestamp}[_{n}]`` directory under ``root`` with a saved spec, if any."""
     runs = []
@@ -81,7 +86,7 @@ def resolve_reference(reference: str, key: str, root: Path = DATA_ROOT) -> RunRe
 
 def best_weights(run_dir: Path, spec_name: str, key: str) -> RunReference:
     """The ``best`` weights of session 0 of the run's best trial (the first row of a search's table)."""
-    table = run_dir / "info" / f"{spec_name}_experiment.csv"
+    table = experiment_table_path(run_dir, spec_name)
     trial = 0
     if table.is_file():
         with table.open(newline="") as file:

@@ -1,4 +1,5 @@
-"""Metric curves as a static PNG (matplotlib) and an interactive HTML page (plotly), from the same data."""
+"""Metric curves and scatter plots as a static PNG (matplotlib) and an interactive HTML page (plotly), from the
+same data and in the same colours."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,9 +9,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 PALETTE = plt.get_cmap("tab10").colors
+
+
+def color(i: int) -> tuple[float, float, float]:
+    """The ``i``-th colour of the palette (matplotlib RGB in [0, 1])."""
+    return PALETTE[i % len(PALETTE)]
+
+
+def css_color(i: int, alpha: float = 1.0) -> str:
+    """The ``i``-th colour of the palette for plotly."""
+    r, g, b = (int(255 * c) for c in color(i))
+    return f"rgba({r},{g},{b},{alpha})"
 
 
 @dataclass(frozen=True)
@@ -35,11 +48,15 @@ def save_plot(curves: list[Curve], stem: Path, title: str, x_label: str, y_label
 def save_png(curves: list[Curve], path: Path, title: str, x_label: str, y_label: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for i, curve in enumerate(curves):
-        color = PALETTE[i % len(PALETTE)]
-        ax.plot(curve.x, curve.y, label=curve.label, color=color, linewidth=1.6)
+        ax.plot(curve.x, curve.y, label=curve.label, color=color(i), linewidth=1.6)
         if curve.std is not None:
-            ax.fill_between(curve.x, curve.y - curve.std, curve.y + curve.std, color=color, alpha=0.2)
+            ax.fill_between(curve.x, curve.y - curve.std, curve.y + curve.std, color=color(i), alpha=0.2)
     ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    finish_png(fig, ax, path)
+
+
+def finish_png(fig: plt.Figure, ax: plt.Axes, path: Path) -> None:
+    """Grid, legend, tight layout; write ``path`` and close the figure."""
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
@@ -51,7 +68,6 @@ def plotly_figure(curves: list[Curve], title: str, x_label: str, y_label: str) -
     """One line trace per curve, plus one filled band trace for each curve with a std."""
     fig = go.Figure()
     for i, curve in enumerate(curves):
-        r, g, b = (int(255 * c) for c in PALETTE[i % len(PALETTE)])
         if curve.std is not None:
             band_x = np.concatenate([curve.x, curve.x[::-1]])
             band_y = np.concatenate([curve.y + curve.std, (curve.y - curve.std)[::-1]])
@@ -60,7 +76,7 @@ def plotly_figure(curves: list[Curve], title: str, x_label: str, y_label: str) -
                     x=band_x,
                     y=band_y,
                     fill="toself",
-                    fillcolor=f"rgba({r},{g},{b},0.2)",
+                    fillcolor=css_color(i, 0.2),
                     line={"width": 0},
                     hoverinfo="skip",
                     showlegend=False,
@@ -68,9 +84,37 @@ def plotly_figure(curves: list[Curve], title: str, x_label: str, y_label: str) -
                 )
             )
         fig.add_trace(
-            go.Scatter(
-                x=curve.x, y=curve.y, mode="lines", name=curve.label, line={"color": f"rgb({r},{g},{b})"}
-            )
+            go.Scatter(x=curve.x, y=curve.y, mode="lines", name=curve.label, line={"color": css_color(i)})
         )
     fig.update_layout(title=title, xaxis_title=x_label, yaxis_title=y_label, template="plotly_white")
     return fig
+
+
+def save_scatter(
+    groups: dict[str, tuple[pd.Series, pd.Series]],
+    stem: Path,
+    title: str,
+    x_label: str,
+    y_label: str,
+    log_x: bool,
+) -> None:
+    """``stem.png`` and ``stem.html``: the (x, y) points of each group in its own colour."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    plotly_fig = go.Figure()
+    for i, (label, (x, y)) in enumerate(groups.items()):
+        ax.scatter(x, y, label=label, color=color(i), s=28, alpha=0.85)
+        plotly_fig.add_trace(
+            go.Scatter(x=list(x), y=list(y), mode="markers", name=label, marker={"color": css_color(i)})
+        )
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    if log_x:  # setting a linear scale would drop the ticks of categorical values
+        ax.set_xscale("log")
+    finish_png(fig, ax, stem.with_name(f"{stem.name}.png"))
+    plotly_fig.update_layout(
+        title=title,
+        xaxis={"title": x_label, "type": "log" if log_x else "-"},
+        yaxis_title=y_label,
+        template="plotly_white",
+    )
+    plotly_fig.write_html(stem.with_name(f"{stem.name}.html"), include_plotlyjs="cdn")
