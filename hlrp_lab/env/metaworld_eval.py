@@ -16,7 +16,6 @@ other batches, and so other results, with another number of workers.
 import multiprocessing
 import signal
 import traceback
-import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from tqdm import tqdm
 from hlrp_lab.data.sources.metaworld import (
     MAX_PATH_LENGTH,
     TASK_DESCRIPTIONS,
-    TaskSimulator,
+    SimulatorSlot,
     episode_seed,
+    expert_action,
     import_mujoco,
     share_cores,
 )
@@ -81,19 +81,16 @@ def worker_loop(conn: Connection, image_size: int, camera: str) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     share_cores()
-    simulator: TaskSimulator | None = None
+    slot = SimulatorSlot(image_size, camera)
     try:
         while (message := conn.recv())[0] != "close":
             if message[0] == "reset":
                 _, task, seed = message
-                if simulator is None or simulator.task != task:
-                    if simulator is not None:
-                        simulator.close()
-                        simulator = None  # closed: not again in ``finally`` if the next one fails
-                    simulator = TaskSimulator(task, image_size, camera)
+                simulator = slot.simulator_for(task)
                 obs, success = simulator.reset(seed), False
             else:
-                assert simulator is not None
+                assert slot.simulator is not None
+                simulator = slot.simulator
                 obs, success = simulator.step(message[1])
             conn.send(("ok", simulator.render(), obs.astype(np.float32), success))
     except (EOFError, BrokenPipeError):
@@ -104,8 +101,7 @@ def worker_loop(conn: Connection, image_size: int, camera: str) -> None:
         except OSError:
             pass
     finally:
-        if simulator is not None:
-            simulator.close()
+        slot.close()
         conn.close()
 
 
@@ -316,10 +312,7 @@ def expert_policy() -> Policy:
         for task, state in zip(obs.tasks, obs.states, strict=True):
             if task not in experts:
                 experts[task] = ENV_POLICY_MAP[task]()
-            expert = experts[task]
-            with warnings.catch_warnings():  # the experts warn when their gains exceed the action range
-                warnings.simplefilter("ignore", UserWarning)
-                actions.append(expert.get_action(state.astype(np.float64)))
+            actions.append(expert_action(experts[task], state.astype(np.float64)))
         return np.stack(actions)
 
     return act

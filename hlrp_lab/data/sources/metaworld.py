@@ -210,6 +210,13 @@ def fast_renderer(model: "mujoco.MjModel", size: int) -> "mujoco.Renderer":
     return renderer
 
 
+def expert_action(policy: Any, obs: np.ndarray) -> np.ndarray:
+    """A scripted expert's (``metaworld.policies``) action on ``obs``, clipped to [-1, 1] (float32)."""
+    with warnings.catch_warnings():  # the experts warn when their gains exceed the action range
+        warnings.simplefilter("ignore", UserWarning)
+        return np.clip(policy.get_action(obs), -1.0, 1.0).astype(np.float32)
+
+
 class TaskSimulator:
     """One task's goal-observable environment, expert policy and renderer, reused across its episodes."""
 
@@ -239,12 +246,6 @@ class TaskSimulator:
         frame = self.renderer.render()
         return frame[::-1, ::-1] if self.camera in UPSIDE_DOWN else frame
 
-    def expert_action(self, obs: np.ndarray) -> np.ndarray:
-        """The expert's action on ``obs``, clipped to [-1, 1] (float32)."""
-        with warnings.catch_warnings():  # the experts warn when their gains exceed the action range
-            warnings.simplefilter("ignore", UserWarning)
-            return np.clip(self.policy.get_action(obs), -1.0, 1.0).astype(np.float32)
-
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
         """Apply ``action``; the next observation and whether the task is solved."""
         obs, _, _, _, info = self.env.step(action)
@@ -255,7 +256,7 @@ class TaskSimulator:
         frames, actions, states, success = [self.render()], [], [obs[:4]], [False]
         stop = max_steps
         while len(actions) < stop:
-            action = self.expert_action(obs)
+            action = expert_action(self.policy, obs)
             obs, solved = self.step(action)
             frames.append(self.render())
             actions.append(action)
@@ -278,25 +279,35 @@ class TaskSimulator:
         self.env.close()
 
 
-class Demonstrator:
-    """Renders the episodes of one process, keeping the last task's simulator for its next episodes."""
+class SimulatorSlot:
+    """A process's simulator, kept while its episodes stay on one task (building one takes a while)."""
 
-    def __init__(self, image_size: int, camera: str, max_steps: int, after_success: int | None):
+    def __init__(self, image_size: int, camera: str):
         self.image_size, self.camera = image_size, camera
-        self.max_steps, self.after_success = max_steps, after_success
         self.simulator: TaskSimulator | None = None
 
-    def __call__(self, job: tuple[str, int]) -> Episode:
-        task, seed = job
+    def simulator_for(self, task: str) -> TaskSimulator:
         if self.simulator is None or self.simulator.task != task:
             self.close()
             self.simulator = TaskSimulator(task, self.image_size, self.camera)
-        return self.simulator.episode(seed, self.max_steps, self.after_success)
+        return self.simulator
 
     def close(self) -> None:
         if self.simulator is not None:
             self.simulator.close()
-            self.simulator = None
+            self.simulator = None  # closed: not again if the next one fails to build
+
+
+class Demonstrator:
+    """Renders the expert episodes of one process."""
+
+    def __init__(self, image_size: int, camera: str, max_steps: int, after_success: int | None):
+        self.slot = SimulatorSlot(image_size, camera)
+        self.max_steps, self.after_success = max_steps, after_success
+
+    def __call__(self, job: tuple[str, int]) -> Episode:
+        task, seed = job
+        return self.slot.simulator_for(task).episode(seed, self.max_steps, self.after_success)
 
 
 WORKER: Demonstrator | None = None  # a pool process's demonstrator
