@@ -1,11 +1,15 @@
 """Search mode: Ray Tune samples trials from the spec's ``search`` block; ASHA stops unpromising ones early.
 
 Ray starts locally (or joins the cluster at ``RAY_ADDRESS``, or the instance the caller started) and keeps
-its files under the run directory (``ray/tune/{spec_name}_t{i}``).
+its files under the run directory (``ray/tune/{spec_name}_t{i}``). A cluster that cannot be joined is a
+one-line RunError within seconds; a trial whose worker dies is recorded as failed and the search goes on.
 """
 
 import logging
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -14,6 +18,7 @@ from typing import Any
 from hlrp_lab.components.registry import STAGES
 from hlrp_lab.experiment.results import COMPLETED, FAILED, INTERRUPTED, STOPPED_EARLY, TrialRecord
 from hlrp_lab.experiment.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
+from hlrp_lab.lib.errors import RunError
 
 # Set before Ray is imported (an environment variable already set wins): no usage statistics; trials keep
 # the lab's working directory; under `uv run`, Ray does not package the lab and build a virtual environment
@@ -23,6 +28,10 @@ RAY_DEFAULTS = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
 }
+# Joining a cluster: seconds to wait for a TCP connection to RAY_ADDRESS, and seconds Ray retries its
+# connection (Ray's default is 20, 120 for a RocksDB GCS; a variable already set wins).
+CONNECT_TIMEOUT_S = 5
+JOIN_WAIT, JOIN_WAIT_S = "RAY_gcs_server_port_wait_time_s", "5"
 
 
 @dataclass
@@ -73,10 +82,103 @@ def init_ray() -> None:
     cluster started by `ray start` runs here), without dashboard."""
     import ray
 
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, logging_level=logging.WARNING)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        join_cluster(address)
     else:
         ray.init("local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def join_cluster(address: str) -> None:
+    """Join the Ray cluster at ``address``; one that cannot be joined is a RunError naming it, within seconds.
+
+    A head on this machine that uses token authentication wrote its token where this driver finds it
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``): the driver uses it, as Ray does for
+    ``RAY_ADDRESS=auto``. A remote head gets this machine's token only when ``RAY_AUTH_MODE=token`` says so.
+    """
+    import ray
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    host_port = check_ray_address()
+    if host_port is not None and is_local_host(host_port[0]):
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    with env_default(JOIN_WAIT, JOIN_WAIT_S):
+        try:
+            ray.init(log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, ray.exceptions.RayError) as error:
+            raise RunError(join_error(address, error)) from None
+
+
+def host_and_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` address; None for ``auto`` and ``ray://`` addresses."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address() -> tuple[str, int] | None:
+    """When ``RAY_ADDRESS`` is ``host:port``: a RunError unless something accepts connections there within
+    ``CONNECT_TIMEOUT_S`` (no Ray import; a search can call it before writing anything); its host and port."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    host_port = host_and_port(address)
+    if host_port is None:
+        return None
+    host, port = host_port
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise RunError(
+            f"RAY_ADDRESS={address}: no Ray head answers there ({error.strerror or error}); start one with "
+            f"`ray start --head --port {port}` on {host}, or fix or unset RAY_ADDRESS (docs/SEARCH.md)"
+        ) from None
+    return host_port
+
+
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` is an address of this machine (a socket can bind to it)."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((sockaddr[0], 0))
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def env_default(name: str, value: str) -> Iterator[None]:
+    """Environment variable ``name`` set to ``value`` within the block, unless it is set already."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def join_error(address: str, error: BaseException) -> str:
+    """One line for a failed ``ray.init`` at ``address``: a refused token, or what Ray said last."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    said = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    if "AuthenticationError" in said or "InvalidAuthToken" in said:
+        return (
+            f"RAY_ADDRESS={address}: the Ray cluster uses token authentication and refused this driver; "
+            "run with RAY_AUTH_MODE=token and the head's token (its ~/.ray/auth_token copied to this "
+            "machine's ~/.ray/auth_token, or RAY_AUTH_TOKEN=<token>); see docs/SEARCH.md"
+        )
+    last = str(chain[-1]).strip().partition("\n")[0]
+    return (
+        f"RAY_ADDRESS={address}: cannot join the Ray cluster ({type(chain[-1]).__name__}: {last}); check "
+        f"that `ray status --address {address}` works here, or unset RAY_ADDRESS to run on this machine"
+    )
 
 
 def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
