@@ -7,6 +7,8 @@ consumes on this machine. Prints all three and the ratios (targets: shards >= 3x
 than the training step).
 
     uv run python benchmarks/loader_throughput.py [--episodes 400] [--batches 500] [--workers 2] [--repeats 3]
+
+``--smoke`` runs it at tiny sizes in seconds (the test suite's check that it still runs; figures meaningless).
 """
 
 import argparse
@@ -31,14 +33,16 @@ from hlrp_lab.stages.laq import LAQStage
 
 SPEC_FILE = Path(__file__).parents[1] / "specs" / "laq.json"
 SIZE, LENGTH, BATCH = 64, 32, 32
+SMOKE = {"episodes": 8, "batches": 3, "workers": 1, "repeats": 1, "training_steps": 2}
 
 
 class PngPairs(Dataset):
-    """Map-style: pair i is (frame t, frame t+1) of one episode, each read from its own PNG file."""
+    """Map-style: pair i is (frame t, frame t+1) of one episode, each read from its own PNG file, with the
+    episode's instruction (as every shard pair has)."""
 
-    def __init__(self, root: Path, episodes: int):
-        self.root = root
-        self.index = [(e, t) for e in range(episodes) for t in range(LENGTH - 1)]
+    def __init__(self, root: Path, instructions: list[str]):
+        self.root, self.instructions = root, instructions
+        self.index = [(e, t) for e in range(len(instructions)) for t in range(LENGTH - 1)]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -46,12 +50,17 @@ class PngPairs(Dataset):
     def load(self, episode: int, t: int) -> np.ndarray:
         return np.asarray(Image.open(self.root / f"ep{episode:06d}" / f"{t:04d}.png").convert("RGB"))
 
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, i: int) -> dict[str, np.ndarray | str]:
         episode, t = self.index[i]
-        return {"frame_t": self.load(episode, t), "frame_tk": self.load(episode, t + 1)}
+        return {
+            "frame_t": self.load(episode, t),
+            "frame_tk": self.load(episode, t + 1),
+            "instruction": self.instructions[episode],
+        }
 
 
-def write_both(root: Path, episodes: int) -> tuple[list[str], Path]:
+def write_both(root: Path, episodes: int) -> tuple[list[str], PngPairs]:
+    """The same procedural episodes as shards (their URLs) and as one PNG per frame (their dataset)."""
     config = ProceduralConfig(episodes=episodes, episode_length=LENGTH)
     data = list(generate_episodes(config, SIZE))
     write_shards(data, root / "shards", name="bench", source="procedural", source_args=config.model_dump())
@@ -60,7 +69,7 @@ def write_both(root: Path, episodes: int) -> tuple[list[str], Path]:
         folder.mkdir(parents=True)
         for t, frame in enumerate(episode.frames):
             Image.fromarray(frame).save(folder / f"{t:04d}.png")
-    return shard_urls(root / "shards"), root / "png"
+    return shard_urls(root / "shards"), PngPairs(root / "png", [episode.instruction for episode in data])
 
 
 def pairs_per_second(stream: Iterator[dict], num_batches: int) -> float:
@@ -93,14 +102,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="Alternate the loaders; keep each one's best.")
     parser.add_argument("--pairs-per-scene", type=int, default=None, help="default: the spec's")
+    parser.add_argument("--training-steps", type=int, default=30, help="Steps timed for the training rate.")
+    parser.add_argument("--smoke", action="store_true", help=f"Tiny sizes, to check that it runs: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     spec = check_spec(json.loads(SPEC_FILE.read_text())["laq_debug"])
     data = {**spec["data"], "pairs": "scene", "batch_size": BATCH, "val_split": 0.0}
     data["pairs_per_scene"] = args.pairs_per_scene or data["pairs_per_scene"]
     png_runs, shard_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        urls, png_root = write_both(Path(tmp), args.episodes)
-        png_pairs = PngPairs(png_root, args.episodes)
+        urls, png_pairs = write_both(Path(tmp), args.episodes)
         for repeat in range(args.repeats):  # alternating, so that machine noise hits both
             png_loader = DataLoader(
                 png_pairs,
@@ -113,7 +125,7 @@ def main() -> None:
             png_runs.append(pairs_per_second(iter(png_loader), args.batches))
             stream = batches(scene_stream(urls, data, seed=repeat), args.workers)
             shard_runs.append(pairs_per_second(stream, args.batches))
-    training = training_pairs_per_second(spec, steps=30)
+    training = training_pairs_per_second(spec, steps=args.training_steps)
     shards, png = max(shard_runs), max(png_runs)
     print(
         f"{args.episodes} episodes x {LENGTH} frames at {SIZE}x{SIZE}, batch {BATCH}, {args.workers} workers"

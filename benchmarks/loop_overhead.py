@@ -4,6 +4,8 @@ Prints steps/s of both and their ratio (Session / bare); the target is >= 0.95 o
 (bare, session, bare, session, ...) so that machine noise hits both alike; the best of each is compared.
 
     uv run python benchmarks/loop_overhead.py [--steps 150] [--repeats 3]
+
+``--smoke`` runs it at tiny sizes in seconds (the test suite's check that it still runs; figures meaningless).
 """
 
 import argparse
@@ -27,6 +29,7 @@ from hlrp_lab.stages.laq import LAQStage
 
 SPEC_FILE = Path(__file__).parents[1] / "specs" / "laq.json"
 NUM_BATCHES = 16
+SMOKE = {"steps": 2, "repeats": 1}
 
 
 def in_memory_batches(spec: dict) -> list[dict[str, torch.Tensor]]:
@@ -83,7 +86,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help=f"Tiny sizes, to check that it runs: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     setup_logger()
     spec = check_spec(json.loads(SPEC_FILE.read_text())["laq_debug"])
     spec["stage"] = "laq_in_memory"

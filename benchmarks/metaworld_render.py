@@ -10,6 +10,8 @@ env construction included) and once started (rollout loops only, over the busies
 and the time of one render alone (same scene, no stepping).
 
     uv run python benchmarks/metaworld_render.py [--tasks reach-v3,push-v3,...] [--episodes 2] [--steps 60]
+
+``--smoke`` runs it at tiny sizes in seconds (the test suite's check that it still runs; figures meaningless).
 """
 
 import argparse
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     import gymnasium as gym
 
 Job = tuple[str, int, int, int, str]  # task, episodes, steps, size, camera
+SMOKE = {"tasks": "reach-v3", "episodes": 1, "steps": 3, "size": 32, "repeats": 1, "render_frames": 2}
 
 
 def gym_env(task: str, size: int, camera: str) -> "gym.Env":
@@ -74,7 +77,7 @@ def fast_rollouts(job: Job) -> tuple[int, float, int]:
     return frames, seconds, os.getpid()
 
 
-def render_only(size: int, camera: str, frames: int = 50) -> tuple[float, float]:
+def render_only(size: int, camera: str, frames: int) -> tuple[float, float]:
     """Milliseconds per frame of ``env.render()`` and of the fast renderer, on one reach-v3 scene."""
     naive = gym_env("reach-v3", size, camera)
     naive.reset(seed=0)
@@ -125,7 +128,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--camera", default="corner2")
     parser.add_argument("--repeats", type=int, default=1, help="Keep the fastest of this many runs.")
+    parser.add_argument("--render-frames", type=int, default=50, help="Frames timed for render only.")
+    parser.add_argument("--smoke", action="store_true", help=f"Tiny sizes, to check that it runs: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        vars(args).update(SMOKE)
     import_mujoco()  # sets MUJOCO_GL=egl when unset, for this process and the spawned ones
     jobs = [(task, args.episodes, args.steps, args.size, args.camera) for task in args.tasks.split(",")]
     print(
@@ -140,7 +147,7 @@ def main() -> None:
             r = results[name, workers] = best(rollouts, jobs, workers, args.repeats)
             line = f"{name:<6} {workers:>7} {r['frames']:>7} {r['wall']:>7.1f} {r['fps']:>9.1f}"
             print(f"{line} {r['loop_fps']:>13.1f}", flush=True)
-    naive_ms, fast_ms = render_only(args.size, args.camera)
+    naive_ms, fast_ms = render_only(args.size, args.camera, args.render_frames)
     print(f"render only, ms/frame: naive {naive_ms:.1f}, fast {fast_ms:.1f} ({naive_ms / fast_ms:.1f}x)")
     for key, column in (("fps", "wall clock"), ("loop_fps", "once started")):
         fast_naive = [results["fast", w][key] / results["naive", w][key] for w in (1, 2)]

@@ -18,6 +18,14 @@ Name = Annotated[
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty OUT_DIR.")]
 
 
+@data_app.callback()
+def console_log() -> None:
+    """Write and inspect WebDataset shards."""
+    from hlrp_lab.lib.logger import setup_logger
+
+    setup_logger()  # every line of a data command in the lab's one log format
+
+
 def write(
     block: dict[str, Any], out_dir: Path, size: int, shard_size: float, name: str | None, overwrite: bool
 ):
@@ -164,12 +172,15 @@ def label(
 
 @data_app.command("info")
 def info(directory: Annotated[Path, typer.Argument(help="A shard directory with manifest.json")]) -> None:
-    """Print the manifest summary and verify every shard's size and sha256 (exit 1 on a mismatch)."""
+    """Print the manifest summary, name the files it does not list, and verify every shard's size and sha256
+    (exit 1 on a mismatch)."""
     with cli_errors():
-        from hlrp_lab.data.shards import read_manifest, verify_shards
+        from hlrp_lab.data.shards import MANIFEST, read_manifest, unlisted_files, verify_shards
 
         manifest = read_manifest(directory)
         typer.echo(summary(manifest))
+        if unlisted := unlisted_files(directory, manifest):
+            typer.echo(f"{len(unlisted)} files not in {MANIFEST}: {', '.join(unlisted)}")
         bad = verify_shards(directory)
     if bad:
         typer.echo(f"error: {len(bad)} shards do not match the manifest: {', '.join(bad)}", err=True)

@@ -21,10 +21,15 @@ import torch
 from hlrp_lab.data.episode import Episode
 
 
+def scene_position(scene: str) -> float:
+    """Where ``scene`` falls in [0, 1): a fixed hash of its name."""
+    digest = hashlib.sha256(scene.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_val_scene(scene: str, val_split: float) -> bool:
     """Whether ``scene`` is held out: a fixed hash, so every session, worker and rank agrees."""
-    digest = hashlib.sha256(scene.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_split
+    return scene_position(scene) < val_split
 
 
 def scene_rng(scene: str) -> random.Random:

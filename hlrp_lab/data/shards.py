@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import tarfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,7 @@ KEY_DTYPES = {
     "instruction.txt": "utf-8 text",
     "meta.json": '{"task": str, "seed": int, "episode": int, "scene": str}',
 }
+NPY_HEADER_READ = 4096  # bytes of an .npy file that hold its header
 REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://", "hf://")
 
 
@@ -85,10 +87,9 @@ def decode_episode(sample: dict[str, Any]) -> Episode:
 def load_npy(data: bytes) -> np.ndarray:
     """A read-only array over the bytes of an ``.npy`` file; headers, the same across episodes, are parsed once
     (np.load re-parses each one with ``ast.literal_eval``, a third of the decode time here)."""
-    length_bytes = 2 if data[6] == 1 else 4  # format version 1.0 or 2.0+
-    end = 8 + length_bytes + int.from_bytes(data[8 : 8 + length_bytes], "little")
-    shape, fortran, dtype = npy_header(data[:end])
-    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=end)
+    header = npy_header_bytes(data)
+    shape, fortran, dtype = npy_header(header)
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=len(header))
     return array.reshape(shape, order="F" if fortran else "C")
 
 
@@ -169,10 +170,67 @@ def shard_entry(path: Path, num_samples: int) -> dict:
 
 
 def read_manifest(directory: Path) -> dict:
+    """The manifest of ``directory``; SpecError if it is absent, not JSON or lists no shards."""
     path = directory / MANIFEST
     if not path.is_file():
         raise SpecError(f"{directory}: no {MANIFEST}; write shards with `hlrp-lab data ...`")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(
+            f"{path}: not valid JSON ({err}); write the shards again with `hlrp-lab data ...`"
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise SpecError(f"{path}: no list of shards; write the shards again with `hlrp-lab data ...`")
+    return manifest
+
+
+def unlisted_files(directory: Path, manifest: dict) -> list[str]:
+    """Names of the files in ``directory`` that its manifest does not list (besides the manifest itself)."""
+    listed = {shard["file"] for shard in manifest["shards"]} | {MANIFEST}
+    return sorted(p.name for p in directory.iterdir() if p.is_file() and p.name not in listed)
+
+
+def scene_lengths(urls: list[str]) -> dict[str, int]:
+    """Scene -> frames of its longest episode in the local shards at ``urls``, from each sample's meta.json
+    and frames.npy header alone (tar headers are read, frames skipped); unreadable shards add what they
+    hold before the damage."""
+    lengths: dict[str, int] = {}
+    for url in urls:
+        try:
+            add_scene_lengths(Path(url), lengths)
+        except (OSError, EOFError, tarfile.TarError, ValueError, KeyError):
+            continue  # the loader skips this shard's damaged part too
+    return lengths
+
+
+def add_scene_lengths(path: Path, lengths: dict[str, int]) -> None:
+    """Add the scenes of the shard at ``path`` to ``lengths`` (see ``scene_lengths``)."""
+    scenes: dict[str, str] = {}
+    frames: dict[str, int] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, suffix = member.name.partition(".")
+            if suffix not in ("meta.json", "frames.npy") or (file := tar.extractfile(member)) is None:
+                continue
+            if suffix == "meta.json":
+                scenes[key] = json.loads(file.read())["scene"]
+            else:
+                frames[key] = npy_header(npy_header_bytes(file.read(NPY_HEADER_READ)))[0][0]
+            if key in scenes and key in frames:
+                scene = scenes.pop(key)
+                lengths[scene] = max(lengths.get(scene, 0), frames.pop(key))
+
+
+def npy_header_bytes(data: bytes) -> bytes:
+    """The header part of the bytes of an ``.npy`` file (the first ``NPY_HEADER_READ`` bytes suffice)."""
+    length_bytes = 2 if data[6] == 1 else 4  # format version 1.0 or 2.0+
+    return data[: 8 + length_bytes + int.from_bytes(data[8 : 8 + length_bytes], "little")]
+
+
+def missing_shards(urls: list[str]) -> list[str]:
+    """The local ones of ``urls`` that are not files."""
+    return [url for url in urls if not url.startswith(REMOTE_PREFIXES) and not Path(url).is_file()]
 
 
 def manifest_of(urls: list[str]) -> dict | None:
@@ -215,10 +273,18 @@ def raw_samples(urls: Iterable[dict]) -> Iterator[dict[str, Any]]:
     for shard in urls:
         try:
             yield from wds.tarfile_samples([shard])
+        except FileNotFoundError:
+            logger.warning(f"missing shard {shard['url']}{manifest_note(shard['url'])}; skipping it")
+            yield {"__skipped__": shard["url"]}
         except Exception as err:  # noqa: BLE001 - any damage means: skip the rest of this shard
             reason = err.args[0] if err.args else ""
             logger.warning(f"skipping corrupt shard {shard['url']}: {type(err).__name__}: {reason}")
             yield {"__skipped__": shard["url"]}
+
+
+def manifest_note(url: str) -> str:
+    """ " (listed in manifest.json)" when a manifest sits beside the local shard ``url``, else ""."""
+    return f" (listed in {MANIFEST})" if (Path(url).parent / MANIFEST).is_file() else ""
 
 
 def read_episodes(urls: str | list[str], skipped: list[str] | None = None) -> Iterator[Episode]:

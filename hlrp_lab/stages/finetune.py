@@ -19,9 +19,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from hlrp_lab.components.registry import ACTION_HEADS, LATENT_HEADS, STAGES, VLAS, Registry
-from hlrp_lab.data.dataset import check_readable, data_urls
+from hlrp_lab.data.dataset import check_data, data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
+from hlrp_lab.data.shards import manifest_of
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
 from hlrp_lab.stages.rollouts import Rollouts
@@ -90,6 +91,11 @@ def foundation_reference(spec: dict) -> RunReference | None:
     return reference
 
 
+def no_actions(data: dict) -> str:
+    """The error for data without actions."""
+    return f"data: {data['shards'] or data['source']} has no actions to finetune on; use demonstrations with actions"
+
+
 @STAGES.register_as("finetune")
 class FinetuneStage(VLAStage):
     families: ClassVar[dict[str, Registry]] = {
@@ -104,7 +110,10 @@ class FinetuneStage(VLAStage):
     @classmethod
     def prepare_data(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
-        check_readable(urls, spec["data"])
+        check_data(urls, spec["data"])
+        manifest = manifest_of(urls)
+        if manifest is not None and "actions.npy" not in manifest.get("keys", {}):
+            raise SpecError(no_actions(spec["data"]))
         if spec["train"]["eval_rollouts"]:
             Rollouts.check(urls)
 
@@ -136,7 +145,7 @@ class FinetuneStage(VLAStage):
         urls = data_urls(data)
         self.data = FrameData(urls, data, spec["train"], seed, STATS_PAIRS, probe_keys=("action_chunk",))
         if "action_chunk" not in self.data.val:
-            raise SpecError(f"data: {data['shards'] or data['source']} has no actions to finetune on")
+            raise SpecError(no_actions(data))
         actions = self.training_actions()
         self.train_actions = torch.from_numpy(actions).to(device)  # for the mean-action baseline
         self.batch_size, self.device = data["batch_size"], device

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
 from hlrp_lab.components.registry import LATENT_HEADS, STAGES, VLAS, Registry
-from hlrp_lab.data.dataset import check_readable, data_urls
+from hlrp_lab.data.dataset import check_data, data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
@@ -76,7 +76,7 @@ class FoundationStage(VLAStage):
     @classmethod
     def prepare_data(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
-        check_readable(urls, spec["data"])
+        check_data(urls, spec["data"])
         check_labels(spec, urls)
 
     @classmethod

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hlrp_lab.components.registry import DECODERS, ENCODERS, QUANTIZERS, STAGES, Registry
-from hlrp_lab.data.dataset import check_readable, data_urls
+from hlrp_lab.data.dataset import check_data, data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
@@ -60,7 +60,7 @@ class LAQStage(Stage):
     @classmethod
     def prepare_data(cls, spec: dict) -> None:
         urls = data_urls(spec["data"])
-        check_readable(urls, spec["data"])
+        check_data(urls, spec["data"])
         logger.info(f"data: {len(urls)} shards, first {urls[0]}")
 
     @classmethod

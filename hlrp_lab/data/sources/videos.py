@@ -12,15 +12,16 @@ path wins over a bare name. Videos without a row get the instruction "".
 
 Unreadable files (corrupt, empty, no video stream) and videos shorter than 2 frames after resampling are
 logged with a warning and skipped; after iteration ``read`` counts the videos read and ``skipped`` names
-the others.
+the others. A video that decodes to fewer frames than its container declares (a truncated file whose index
+sits at the front) is kept as far as it decodes, with a warning giving both counts.
 """
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from loguru import logger
@@ -33,8 +34,9 @@ from hlrp_lab.lib.errors import SpecError
 if TYPE_CHECKING:
     import av
 
-EXTENSIONS = {".mp4", ".webm", ".mkv", ".avi"}
+EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
 MIN_FRAMES = 2
+DECLARED_SLACK = 1  # frames a video may fall short of its container's declared count (duration rounding)
 
 
 class VideosConfig(BaseModel):
@@ -63,6 +65,28 @@ class VideosConfig(BaseModel):
 
 class UnreadableVideo(Exception):
     """A video that gives no usable frames; the message says why."""
+
+
+class Video(NamedTuple):
+    frames: np.ndarray  # uint8 (T, size, size, 3) at the output frame rate
+    decoded: int  # source frames decoded
+    declared: int  # source frames the container declares (0: it declares neither a count nor a duration)
+
+    @property
+    def truncated(self) -> bool:
+        return self.decoded + DECLARED_SLACK < self.declared
+
+
+class Counted(Iterator):
+    """The items of an iterable, counting those passed on so far in ``count``."""
+
+    def __init__(self, items: Iterable[Any]):
+        self.items, self.count = iter(items), 0
+
+    def __next__(self) -> Any:
+        item = next(self.items)
+        self.count += 1
+        return item
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -138,20 +162,34 @@ def square_rgb(frame: "av.VideoFrame", size: int) -> np.ndarray:
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
-def read_video(path: Path, fps: float, size: int) -> np.ndarray:
-    """uint8 (T, size, size, 3) frames of ``path`` at ``fps``; raises UnreadableVideo."""
+def declared_frames(container: "av.container.InputContainer") -> int:
+    """The source frames the container declares for its first video stream: its frame count, else its
+    duration times its average rate (0 when it declares neither)."""
+    stream = container.streams.video[0]
+    if stream.frames:
+        return stream.frames
+    if container.duration and stream.average_rate:
+        return round(Fraction(container.duration, 1_000_000) * stream.average_rate)
+    return 0
+
+
+def read_video(path: Path, fps: float, size: int) -> Video:
+    """The frames of ``path`` at ``fps`` and the source frame counts decoded and declared; raises
+    UnreadableVideo."""
     import av  # here, not at the top: listing the data sources must not need PyAV
 
     frames: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
-            for frame, repeats in pick_frames(timed_frames(container), 1 / exact(fps)):
+            timed = Counted(timed_frames(container))
+            for frame, repeats in pick_frames(timed, 1 / exact(fps)):
                 frames += [square_rgb(frame, size)] * repeats
+            declared = declared_frames(container)
     except av.FFmpegError as err:
         raise UnreadableVideo(err.strerror or str(err)) from None
     if len(frames) < MIN_FRAMES:
         raise UnreadableVideo(f"{len(frames)} frames at {fps:g} fps; at least {MIN_FRAMES} are needed")
-    return np.stack(frames)
+    return Video(np.stack(frames), timed.count, declared)
 
 
 def cut_clips(frames: np.ndarray, length: int | None) -> list[np.ndarray]:
@@ -175,6 +213,11 @@ class VideoSource:
         if not self.root.is_dir():
             raise SpecError(f"videos: root {config.root!r} is not a directory")
         self.videos = find_videos(self.root)
+        if not self.videos:
+            raise SpecError(
+                f"videos: no video files found in {config.root} (looked for {', '.join(EXTENSIONS)}, "
+                "in subfolders too)"
+            )
         self.names = [path.relative_to(self.root).as_posix() for path in self.videos]
         file = config.instruction_file
         self.instructions = read_instructions(Path(file), self.names) if file else {}
@@ -197,11 +240,17 @@ class VideoSource:
         clip_frames = round(self.config.clip_seconds * self.config.fps) if self.config.clip_seconds else None
         for path, name in zip(self.videos, self.names, strict=True):
             try:
-                frames = read_video(path, self.config.fps, self.image_size)
+                video = read_video(path, self.config.fps, self.image_size)
             except UnreadableVideo as err:
                 logger.warning(f"videos: skipped {name}: {err}")
                 self.skipped.append(name)
                 continue
+            if video.truncated:
+                logger.warning(
+                    f"videos: {name} ends early (truncated?): decoded {video.decoded} of the "
+                    f"{video.declared} frames its container declares; kept {len(video.frames)} frames "
+                    f"at {self.config.fps:g} fps"
+                )
             self.read += 1
-            for index, clip in enumerate(cut_clips(frames, clip_frames)):
+            for index, clip in enumerate(cut_clips(video.frames, clip_frames)):
                 yield name, f"{name}#clip{index}" if clip_frames else name, clip
