@@ -1,15 +1,24 @@
-"""`last` and `best` checkpoints: weights in safetensors, training state beside them, written atomically."""
+"""`last` and `best` checkpoints: weights in safetensors, training state beside them, written atomically.
+
+Both files are written under temporary names and renamed into place only once both are whole, so no reader ever
+sees a half-written file; ``recover`` finishes or removes what a writer killed mid-save left behind.
+"""
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from hlrp_lab.lib.errors import CheckpointError
+from hlrp_lab.lib.errors import CheckpointError, RunError
+from hlrp_lab.lib.util import temp_path, write_temp
+
+TAGS = ("last", "best")
 
 
 class Checkpoints:
@@ -25,32 +34,129 @@ class Checkpoints:
     def state_path(self, tag: str) -> Path:
         return self.model_dir / f"{self.prefix}_{tag}_state.pt"
 
-    def exists(self, tag: str) -> bool:
-        return self.weights_path(tag).is_file() and self.state_path(tag).is_file()
+    def written(self, tag: str) -> bool:
+        """Whether any file of the ``tag`` checkpoint is there (``load`` says if one is missing or unusable)."""
+        return self.weights_path(tag).is_file() or self.state_path(tag).is_file()
 
     def save(self, tag: str, model: nn.Module, state: dict[str, Any]) -> None:
-        """Write both files under temporary names, then rename each into place (weights first)."""
+        """Write both files under temporary names, then rename each into place (weights first). A write error
+        removes the temporary files, leaves the previous checkpoint as it was and raises a one-line RunError."""
         weights, state_file = self.weights_path(tag), self.state_path(tag)
-        tmp_weights, tmp_state = (
-            weights.with_name(f".{weights.name}.tmp"),
-            state_file.with_name(f".{state_file.name}.tmp"),
-        )
-        save_model(model, str(tmp_weights), metadata={"step": str(state["step"])})
-        torch.save(state, tmp_state)
+        advice = f"free space and resume with train@{self.model_dir.parent}"
+        tmp_weights = write_temp(weights, lambda tmp: save_weights(model, tmp, state["step"]), advice)
+        try:
+            tmp_state = write_temp(state_file, lambda tmp: save_state(state, tmp), advice)
+        except RunError:
+            tmp_weights.unlink()
+            raise
         os.replace(tmp_weights, weights)
         os.replace(tmp_state, state_file)
 
+    def recover(self) -> None:
+        """Finish or remove what a writer killed mid-save left: a whole state file whose weights were already
+        renamed into place (same step) is renamed too; every other temporary file is deleted."""
+        for tag in TAGS:
+            weights, state_file = self.weights_path(tag), self.state_path(tag)
+            tmp_weights, tmp_state = temp_path(weights), temp_path(state_file)
+            step = None if tmp_weights.exists() else readable(weights_step, weights)
+            if step is not None and readable(state_step, tmp_state) == step:
+                os.replace(tmp_state, state_file)
+            tmp_weights.unlink(missing_ok=True)
+            tmp_state.unlink(missing_ok=True)
+
     def load(self, tag: str, model: nn.Module) -> dict[str, Any]:
-        """Load weights into ``model`` and return the saved state; both files must be from the same step."""
-        if not self.exists(tag):
-            raise CheckpointError(f"no {tag} checkpoint {self.weights_path(tag)} (and its _state.pt)")
-        state = torch.load(self.state_path(tag), weights_only=True)
-        with safe_open(str(self.weights_path(tag)), framework="pt") as f:
-            weights_step = int(f.metadata()["step"])
-        if weights_step != state["step"]:
-            raise CheckpointError(
-                f"{self.weights_path(tag)} is from step {weights_step} but its state from step {state['step']}"
+        """Load weights into ``model`` and return the saved state. Both files must be there, readable, from the
+        same step and match the model; else a one-line CheckpointError says which file and what to do."""
+        weights, state_file = self.weights_path(tag), self.state_path(tag)
+        if not self.written(tag):
+            raise CheckpointError(f"no {tag} checkpoint {weights} (and its _state.pt)")
+        for path, other in ((weights, state_file), (state_file, weights)):
+            if not path.is_file():
+                raise self.unusable(tag, f"checkpoint file {path} is missing (its {other.name} is there)")
+        step = self.read(tag, weights, weights_step)
+        state = self.read(tag, state_file, read_state)
+        if step != state.get("step"):
+            raise self.unusable(
+                tag, f"{weights} is from step {step} but its state from step {state.get('step')}"
             )
         device = next(model.parameters()).device
-        load_model(model, str(self.weights_path(tag)), device=str(device))
+        try:
+            load_model(model, str(weights), device=str(device))
+        except RuntimeError as err:
+            problem = f"{weights} does not match the spec's model ({summary(err)})"
+            raise self.unusable(
+                tag, problem, "set back what changed the model (a -s model.* override?), or "
+            ) from err
         return state
+
+    def read(self, tag: str, path: Path, read: Callable[[Path], Any]) -> Any:
+        """``read(path)``, or a CheckpointError saying the file is corrupt."""
+        try:
+            return read(path)
+        except Exception as err:  # whatever a truncated or garbled file raises, it is unusable
+            raise self.unusable(tag, f"checkpoint file {path} is corrupt ({summary(err)})") from err
+
+    def unusable(self, tag: str, problem: str, first: str = "") -> CheckpointError:
+        """``problem`` and what to do about an unusable ``tag`` checkpoint, as one line."""
+        if tag == "best":
+            last = f"{self.weights_path('last').name} and {self.state_path('last').name}"
+            todo = f"retrain, or copy {last} over these to evaluate the last weights instead"
+        else:
+            present = [p.name for p in (self.weights_path(tag), self.state_path(tag)) if p.is_file()]
+            todo = f"remove {' and '.join(present)} to train this session again from step 0"
+            best = self.weights_path("best")
+            if best.is_file():
+                todo += f"; {best.name} is untouched (retraining replaces it: copy it first)"
+        return CheckpointError(f"{problem}; {first}{todo}")
+
+
+def save_weights(model: nn.Module, path: Path, step: int) -> None:
+    """``save_model`` with the step as metadata; its I/O errors raised as OSError (safetensors reports them as
+    SafetensorError)."""
+    try:
+        save_model(model, str(path), metadata={"step": str(step)})
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        raise (OSError(int(code[1]), os.strerror(int(code[1]))) if code else OSError(str(err))) from err
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a Python file, so that a write error is an OSError with its errno."""
+    with open(path, "wb") as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:  # the zip writer's cleanup can fail too and hide the OSError
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
+
+
+def weights_step(path: Path) -> int:
+    """The step in the metadata of a weights file (reading its header checks that the file is whole)."""
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {})["step"])
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    state = torch.load(path, weights_only=True)
+    if not isinstance(state, dict):
+        raise TypeError(f"a {type(state).__name__} where a dict was saved")
+    return state
+
+
+def state_step(path: Path) -> int:
+    return read_state(path)["step"]
+
+
+def readable(read: Callable[[Path], int], path: Path) -> int | None:
+    """``read(path)``, or None when the file is missing or cannot be read."""
+    try:
+        return read(path)
+    except Exception:  # noqa: BLE001 - a missing, truncated or garbled file: nothing to recover from it
+        return None
+
+
+def summary(err: BaseException, limit: int = 200) -> str:
+    """``Type: message`` on one line, cut to about ``limit`` characters."""
+    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -37,6 +37,7 @@ class Loop:
         self.scheduler = build_scheduler(self.optimizer, spec["optim"], self.train["max_step"])
         self.device = next(stage.model.parameters()).device
         self.step = 0
+        self.saved_step: int | None = None  # of the `last` checkpoint on disk
         self.best: float | None = None
         self.history: list[dict[str, float]] = []
         self.train_time = 0.0
@@ -46,7 +47,8 @@ class Loop:
 
     def run(self) -> dict[str, float]:
         """Train to max_step and return the final metrics (last evaluation plus run statistics)."""
-        if self.checkpoints.exists("last"):
+        self.checkpoints.recover()
+        if self.checkpoints.written("last"):
             self.restore()
         max_step = self.train["max_step"]
         self.stage.model.train()
@@ -116,8 +118,7 @@ class Loop:
         bad = int(self.first_bad_step.item())
         if bad >= 0:
             raise NonFiniteLossError(
-                f"{self.checkpoints.prefix}: loss is not finite at step {bad}; "
-                f"the last good checkpoint is {self.checkpoints.weights_path('last')}"
+                f"{self.checkpoints.prefix}: loss is not finite at step {bad}; {self.kept()}"
             )
         row = {"step": float(self.step), "lr": self.scheduler.get_last_lr()[0]}
         row.update({k: (v / self.window_steps).item() for k, v in self.sums.items()})
@@ -143,6 +144,13 @@ class Loop:
             self.best = value
             self.checkpoints.save("best", self.stage.model, {"step": self.step, "metrics": row})
         self.checkpoints.save("last", self.stage.model, self.training_state())
+        self.saved_step = self.step
+
+    def kept(self) -> str:
+        """Which checkpoint a failed run leaves to resume from."""
+        if self.saved_step is None:
+            return f"no checkpoint was written yet (the first is at step {self.train['eval_frequency']})"
+        return f"the last good checkpoint is {self.checkpoints.weights_path('last')} (step {self.saved_step})"
 
     def training_state(self) -> dict[str, Any]:
         return {
@@ -164,6 +172,7 @@ class Loop:
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step, self.best = state["step"], state["best"]
+        self.saved_step = self.step
         self.history, self.train_time = state["history"], state["train_time"]
         logger.info(f"{self.checkpoints.prefix}: resumed from step {self.step}")
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from hlrp_lab.lib.util import atomic_write
+
 # How a trial ended, as its row in the experiment table says
 COMPLETED, STOPPED_EARLY, INTERRUPTED, FAILED = "completed", "stopped early", "interrupted", "failed"
 ENDED = (COMPLETED, STOPPED_EARLY)  # ran as the search meant: to the end, or until ASHA stopped it
@@ -58,9 +60,9 @@ def experiment_table(
 
 
 def save_table(table: pd.DataFrame, stem: Path) -> None:
-    """``stem.csv`` and ``stem.parquet``."""
-    table.to_csv(stem.with_name(f"{stem.name}.csv"), index=False)
-    table.to_parquet(stem.with_name(f"{stem.name}.parquet"), index=False)
+    """``stem.csv`` and ``stem.parquet``, each written atomically (a failed write keeps the previous file)."""
+    atomic_write(stem.with_name(f"{stem.name}.csv"), lambda f: table.to_csv(f, index=False))
+    atomic_write(stem.with_name(f"{stem.name}.parquet"), lambda f: table.to_parquet(f, index=False))
 
 
 def keep_models(model_dir: Path, spec_name: str, ranked: list[int], trials: Iterable[int], keep: int) -> None:

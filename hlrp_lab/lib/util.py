@@ -3,9 +3,12 @@
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from hlrp_lab.lib.errors import RunError
 
 RUN_SUBDIRS = ("info", "graph", "log", "model")
 
@@ -29,11 +32,37 @@ def make_run_dir(root: Path, spec_name: str, ts: str) -> Path:
     raise FileExistsError(f"no free run directory for {spec_name}_{ts} under {root}")
 
 
+def temp_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: ``.{name}.tmp`` beside it."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_temp(path: Path, write: Callable[[Path], None], advice: str = "free space and run again") -> Path:
+    """Call ``write(tmp)`` on ``path``'s temporary file and return it. A write error (disk full, file too large,
+    permissions) removes the temporary file and raises a one-line RunError naming ``path``, the error and
+    ``advice``; ``path`` itself is not touched."""
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"could not write {path}: {err}; {advice}") from err
+    return tmp
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a temporary file, then rename it to ``path``: a reader sees the old file or the whole new
+    one, never a part, and a failed write leaves the old file as it was (see ``write_temp``)."""
+
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    os.replace(write_temp(path, write_file), path)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write then rename, so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, data: Any) -> None:
