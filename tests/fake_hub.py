@@ -31,6 +31,10 @@ def git_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+class DropConnection(Exception):
+    """Close the connection without a reply."""
+
+
 class HubError(Exception):
     def __init__(self, status: int, code: str | None, msg: str, **extra):
         super().__init__(msg)
@@ -66,6 +70,10 @@ class FakeHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) log, handy for assertions
         self.before_commit: Callable[[Repo], None] | None = None  # run once before the next commit
+        # Fail the next commit once: "500" (an error that echoes the request's Authorization header, as a careless
+        # proxy might), "drop" (the connection closes, nothing committed) or "drop-after" (committed, then the
+        # connection closes before the reply: the client cannot tell that it landed).
+        self.commit_fault: str | None = None
         self.server = ThreadingHTTPServer((host, port), _make_handler(self))
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -232,6 +240,18 @@ def _make_handler(hub: FakeHub):
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+        def _commit(self, repo: Repo, rev: str) -> dict:
+            """``hub.commit``, failing as ``hub.commit_fault`` asks (once)."""
+            body, (fault, hub.commit_fault) = self._body(), (hub.commit_fault, None)
+            if fault == "500":
+                raise HubError(500, None, f"fake hub: internal error ({self.headers.get('Authorization')})")
+            if fault == "drop":
+                raise DropConnection
+            reply = hub.commit(repo, rev, body)
+            if fault == "drop-after":
+                raise DropConnection
+            return reply
+
         def _dispatch(self, method: str):
             parts = urlsplit(self.path)
             path, query = parts.path, parse_qs(parts.query)
@@ -251,7 +271,7 @@ def _make_handler(hub: FakeHub):
                     if method == "POST" and action == "preupload":
                         return self._json(200, hub.preupload(repo, rev, json.loads(self._body())))
                     if method == "POST" and action == "commit":
-                        return self._json(200, hub.commit(repo, rev, self._body()))
+                        return self._json(200, self._commit(repo, rev))
                     if method in ("GET", "HEAD") and action in (None, "revision"):
                         return self._json(200, hub.info(repo, rev))
                     if method == "GET" and action == "tree":
@@ -277,6 +297,9 @@ def _make_handler(hub: FakeHub):
                         head=method == "HEAD",
                     )
                 raise HubError(404, None, f"fake hub: no route for {method} {path}")
+            except DropConnection:
+                self.close_connection = True
+                return None
             except HubError as e:
                 headers = {"X-Error-Message": e.msg}
                 if e.code:

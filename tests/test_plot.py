@@ -95,7 +95,7 @@ def test_plot_draws_the_mean_of_each_run_and_a_band_for_several_sessions(root, m
     monkeypatch.chdir(root)
     result = invoke("plot", "-f", "pair,solo")
     assert result.exit_code == 0, result.output
-    stem = Path("docs/plots/val_psnr_pair_vs_solo")
+    stem = Path("data/plots/val_psnr_pair_vs_solo")
     assert f"wrote {stem}.png" in result.output and f"wrote {stem}.html" in result.output
     assert "trial 0, 2 sessions" in result.output and "trial 0, 1 session\n" in result.output
     assert (root / f"{stem}.png").read_bytes().startswith(b"\x89PNG")
@@ -116,8 +116,8 @@ def test_legends_title_and_metric_options(root, tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     result = invoke("plot", "-f", "solo,pair", "-l", "lr 3e-3, lr 1e-3", "-t", "Loss: LR", "-m", "loss")
     assert result.exit_code == 0, result.output
-    html = root / "docs" / "plots" / "loss_lr.html"
-    assert (root / "docs" / "plots" / "loss_lr.png").is_file()
+    html = root / "data" / "plots" / "loss_lr.html"
+    assert (root / "data" / "plots" / "loss_lr.png").is_file()
     assert trace_names(html) == ["lr 3e-3", "lr 1e-3 ± std", "lr 1e-3"]
     layout = figure(html)[1]
     assert layout["title"]["text"] == "Loss: LR" and layout["yaxis"]["title"]["text"] == "loss"

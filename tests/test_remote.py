@@ -165,7 +165,7 @@ def test_dry_run_prints_command_and_masked_env_without_launching(dstack_stub):
         (["specs/laq.json", "laq_full"], r"variable ${data_dir} is not set; pass -s data_dir=VALUE"),
         (["specs/laq.json", "laq_debug", "search"], "search: spec 'laq_debug' has no search block"),
         (["specs/laq.json", "laq_debug", "eval"], "run-remote takes one of dev, train, search"),
-        (["specs/laq.json", "laq_debug", "-n", "Bad_Name"], "-n Bad_Name: dstack run names are"),
+        (["specs/laq.json", "laq_debug", "-n", "Bad_Name"], "-n 'Bad_Name': dstack run names are"),
         (["specs/nope.json", "laq_debug"], "spec file not found: specs/nope.json"),
         (["/etc/hostname", "x"], "outside this checkout; dstack uploads only the directory it runs from"),
         (

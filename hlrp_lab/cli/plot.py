@@ -34,9 +34,10 @@ def plot(
             "as the first run recorded it; loss if it did not). `hlrp-lab plot-list` shows the columns.",
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("-o", "--out-dir", help="Where the PNG and HTML go.")] = Path(
-        "docs/plots"
-    ),
+    out_dir: Annotated[
+        Path,
+        typer.Option("-o", "--out-dir", help="Where the PNG and HTML go, e.g. docs/plots to publish them."),
+    ] = Path("data/plots"),
 ) -> None:
     """A metric against training step for several runs on one graph: the mean over each run's sessions
     with a ±1 std band, as OUT_DIR/{title or metric_spec_vs_spec}.png and an interactive .html."""

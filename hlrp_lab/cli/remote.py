@@ -27,6 +27,7 @@ from hlrp_lab.lib.scrub import MASK, is_secret_name
 DSTACK_DIR = Path(".dstack")
 RUN_NAME = re.compile(r"[a-z][a-z0-9-]{1,40}")
 REMOTE_MODES = ("dev", "train", "search")
+NOT_SET = "(not set)"
 RUN_REFERENCE_KEYS = ("train.init_from", "data.source.laq")  # runs a later stage starts from
 
 
@@ -51,6 +52,7 @@ def run_remote(
     ] = False,
 ) -> None:
     """Launch `hlrp-lab run SPEC_FILE SPEC_NAME MODE --upload-hf` on a cloud machine with dstack."""
+    sets = sets or []
     with cli_errors():
         from hlrp_lab.lib.hub import hub_target
 
@@ -61,30 +63,21 @@ def run_remote(
         run_name = name or default_run_name(spec_name)
         if not RUN_NAME.fullmatch(run_name):
             raise SpecError(
-                f"-n {run_name}: dstack run names are 2-41 of a-z, 0-9 and -, starting with a letter"
+                f"-n {run_name!r}: dstack run names are 2-41 of a-z, 0-9 and -, starting with a letter"
             )
+        if dry_run:
+            check_spec_locally(relative, spec_name, mode, sets)
+            show_launch(apply_args(config, run_name), launch_env(relative, spec_name, mode, sets), sets)
+            return
         target = hub_target()
         dstack = shutil.which("dstack")
         if dstack is None:
             raise SpecError(
                 "dstack is not installed; install it with `uv tool install dstack` and run `dstack init`"
             )
-        check_spec_locally(relative, spec_name, mode, sets or [])  # last: the slowest check
-    command = [dstack, "apply", "-f", str(config), "-y", "--detach", "--name", run_name]
-    env = {
-        "SPEC_FILE": relative.as_posix(),
-        "SPEC_NAME": spec_name,
-        "LAB_MODE": mode,
-        "SPEC_VARS": shlex.join(arg for value in sets or [] for arg in ("-s", value)),
-        "HF_TOKEN": target.token,
-        "HF_REPO": target.repo,
-    }
-    if dry_run:
-        typer.echo(shlex.join(command))
-        shown = {**env, "HF_TOKEN": MASK, "SPEC_VARS": shlex.join(masked_sets(sets or []))}
-        for key, value in shown.items():
-            typer.echo(f"{key}={value}")
-        return
+        check_spec_locally(relative, spec_name, mode, sets)  # last: the slowest check
+    command = [dstack, *apply_args(config, run_name)]
+    env = {**launch_env(relative, spec_name, mode, sets), "HF_TOKEN": target.token, "HF_REPO": target.repo}
     typer.echo(f"launching {run_name}: {shlex.join(command)}")
     completed = subprocess.run(command, env={**os.environ, **env}, check=False)
     if completed.returncode != 0:
@@ -93,6 +86,41 @@ def run_remote(
     typer.echo(
         f"follow it with `dstack logs {run_name}`; results go to {target.repo}: `hlrp-lab pull {spec_name}`"
     )
+
+
+def apply_args(config: Path, run_name: str) -> list[str]:
+    """``dstack``'s arguments that launch ``config`` as ``run_name``."""
+    return ["apply", "-f", str(config), "-y", "--detach", "--name", run_name]
+
+
+def launch_env(spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> dict[str, str]:
+    """The run's variables for the machine, but the Hub settings (``HF_REPO``, ``HF_TOKEN``)."""
+    return {
+        "SPEC_FILE": spec_file.as_posix(),
+        "SPEC_NAME": spec_name,
+        "LAB_MODE": mode,
+        "SPEC_VARS": shlex.join(arg for value in sets for arg in ("-s", value)),
+    }
+
+
+def show_launch(args: list[str], env: dict[str, str], sets: list[str]) -> None:
+    """--dry-run: the command and its environment (secrets masked), and what a real launch would still need
+    (``HF_REPO``, ``HF_TOKEN``, dstack); none of those is needed to show it."""
+    from hlrp_lab.lib.hub import env_settings, missing_settings
+
+    dstack, settings = shutil.which("dstack"), env_settings()
+    shown = {
+        **env,
+        "SPEC_VARS": shlex.join(masked_sets(sets)),
+        "HF_TOKEN": MASK if settings.get("HF_TOKEN") else NOT_SET,
+        "HF_REPO": settings.get("HF_REPO") or NOT_SET,
+    }
+    typer.echo(shlex.join([dstack or "dstack", *args]))
+    for key, value in shown.items():
+        typer.echo(f"{key}={value}")
+    missing = [*missing_settings(), *([] if dstack else ["dstack (uv tool install dstack)"])]
+    if missing:
+        typer.echo(f"missing for a real launch: {', '.join(missing)}")
 
 
 def masked_sets(sets: list[str]) -> list[str]:

@@ -1,13 +1,17 @@
 """``hlrp-lab push``, ``pull`` and ``list``: runs' result tables in the Hub dataset repo ``HF_REPO``."""
 
+import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hlrp_lab.cli.errors import cli_errors
-from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.errors import RunError, SpecError
 from hlrp_lab.lib.runs import DATA_ROOT
+
+if TYPE_CHECKING:
+    from hlrp_lab.lib.hub import HubTarget
 
 Models = Annotated[bool, typer.Option("--upload-models", help="Upload model weights (.safetensors) too.")]
 
@@ -22,22 +26,21 @@ def push(
 
 
 def upload(run_dir: Path, models: bool) -> None:
-    """Upload ``run_dir``; a failure leaves local results alone and prints the command that retries."""
-    from hlrp_lab.lib.hub import hub_target, upload_run
+    """Upload ``run_dir``; a failure leaves local results alone and names the command that retries."""
+    from hlrp_lab.lib.hub import env_settings, hub_target, upload_run
+    from hlrp_lab.lib.scrub import error_line, secret_values
 
     target = hub_target()
     try:
         url = upload_run(run_dir, target, models)
-    except SpecError:
+    except (SpecError, RunError):
         raise
     except Exception as err:  # noqa: BLE001 - network, Hub or disk: whatever failed, say how to retry
-        retry = f"hlrp-lab push {run_dir}" + (" --upload-models" if models else "")
-        typer.echo(
-            f"error: upload of {run_dir} to {target.repo} failed ({type(err).__name__}: {err}); the local "
-            f"results are intact; retry with: {retry}",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+        retry = shlex.join(["hlrp-lab", "push", str(run_dir), *(["--upload-models"] if models else [])])
+        raise RunError(
+            f"upload of {run_dir} to {target.repo} failed ({error_line(err, secret_values(env_settings()))}); "
+            f"the local results are intact; retry with: {retry}"
+        ) from None
     typer.echo(f"uploaded {run_dir} to {url}")
 
 
@@ -47,10 +50,10 @@ def pull(
 ) -> None:
     """Download matching runs from HF_REPO into data/, skipping runs that are already there."""
     with cli_errors():
-        from hlrp_lab.lib.hub import hub_target, matching, pull_runs, remote_runs
+        from hlrp_lab.lib.hub import check_run_names, hub_target, matching, remote_runs
 
         target = hub_target()
-        runs = matching(remote_runs(target), pattern)
+        runs = check_run_names(matching(remote_runs(target), pattern), target.repo)
         if not runs:
             typer.echo(f"no run in {target.repo} matches {pattern!r}; see `hlrp-lab list`", err=True)
             raise typer.Exit(1)
@@ -58,9 +61,26 @@ def pull(
             for run in runs:
                 typer.echo(f"{run}  ({'exists locally' if (DATA_ROOT / run).exists() else 'to pull'})")
             return
-        pulled = pull_runs(target, runs, DATA_ROOT)
+        pulled = download(target, runs, pattern)
     for run in runs:
         typer.echo(f"{'pulled ' if run in pulled else 'skipped'} {DATA_ROOT / run}")
+
+
+def download(target: "HubTarget", runs: list[str], pattern: str) -> list[str]:
+    """``pull_runs`` into data/; a failure names the command that retries (a run cut short left nothing)."""
+    from hlrp_lab.lib.hub import env_settings, pull_runs
+    from hlrp_lab.lib.scrub import error_line, secret_values
+
+    try:
+        return pull_runs(target, runs, DATA_ROOT)
+    except (SpecError, RunError):
+        raise
+    except Exception as err:  # noqa: BLE001 - network, Hub or disk: whatever failed, say how to retry
+        retry = shlex.join(["hlrp-lab", "pull", pattern])
+        raise RunError(
+            f"pull from {target.repo} failed ({error_line(err, secret_values(env_settings()))}); runs pulled "
+            f"so far are complete, the one cut short left nothing; retry with: {retry}"
+        ) from None
 
 
 def list_runs(

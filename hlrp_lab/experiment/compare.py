@@ -10,7 +10,16 @@ import pandas as pd
 
 from hlrp_lab.experiment.analysis import session_histories, trial_curve
 from hlrp_lab.lib.errors import RunError, SpecError
-from hlrp_lab.lib.runs import DATA_ROOT, experiment_table_path, newest_run, run_dir_spec_name, saved_spec_path
+from hlrp_lab.lib.runs import (
+    DATA_ROOT,
+    FAILED,
+    experiment_table_path,
+    is_completed,
+    newest_run,
+    read_status,
+    run_dir_spec_name,
+    saved_spec_path,
+)
 from hlrp_lab.lib.viz import Curve, save_plot
 
 
@@ -95,13 +104,22 @@ def load_sessions(run: Run) -> Sessions | None:
     return Sessions(run, trials[0], session_histories(run.info, f"{run.spec_name}_t{trials[0]}"))
 
 
+def failure(run: Run) -> str | None:
+    """The one-line error of a run whose ``info/status.json`` says it failed; None otherwise."""
+    status = read_status(run.path) or {}
+    if status.get("status") != FAILED:
+        return None
+    return " ".join(str(status.get("error") or "no error recorded").split())
+
+
 def plotted_sessions(run: Run) -> Sessions:
     """``load_sessions``, failing when there is nothing to plot."""
     if sessions := load_sessions(run):
         return sessions
+    error = failure(run)
     raise RunError(
         f"{run.path}: no session metrics to plot (info/{run.spec_name}_t*_s*_session_metrics.csv); "
-        "the run failed or was stopped before a session ended"
+        + (f"the run failed: {error}" if error else "the run failed or was stopped before a session ended")
     )
 
 
@@ -154,8 +172,18 @@ def list_row(run: Run) -> tuple[str, ...]:
     """``plot-list``'s row of a run: what ``plot`` would draw from it."""
     spec = run.spec()
     head = (run.path.name, str(spec.get("stage")), str(spec["meta"].get("mode")))
-    sessions = load_sessions(run)
+    sessions, error = load_sessions(run), failure(run)
     if sessions is None:
-        return (*head, "no", "-", "0", "(no session metrics)")
-    metrics = ", ".join(sessions.metrics())
+        return (*head, "no", "-", "0", no_metrics(run, error))
+    metrics = ", ".join(sessions.metrics()) + (f" (the run failed: {error})" if error else "")
     return (*head, "yes", f"t{sessions.trial}", str(len(sessions.histories)), metrics)
+
+
+def no_metrics(run: Run, error: str | None) -> str:
+    """Why a run has no session metrics, from what its directory holds: failed (with its error), completed
+    without any (its status, or its results for a run from before status files), else killed or running."""
+    if error is not None:
+        return f"failed: {error}"
+    if is_completed(run.path, run.spec_name):
+        return "(no session metrics)"
+    return "no metrics (killed or still running?)"

@@ -16,7 +16,7 @@ import pandas as pd
 from loguru import logger
 
 from hlrp_lab.lib.runs import run_dir_spec_name, saved_spec_path
-from hlrp_lab.lib.scrub import holds_secret, mask_secret_keys, scrub_text
+from hlrp_lab.lib.scrub import holds_secret, mask_spec_file, scrub_text
 
 RESULT_PATTERNS = ("info/*.json", "info/*.csv", "info/*.parquet", "graph/*.png", "graph/*.html")
 MODEL_PATTERNS = ("model/*.safetensors", "model/*_tokenizer/*")  # a VLA run's tokenizer goes with its weights
@@ -52,12 +52,13 @@ def run_bundle(run_dir: Path, secrets: list[str], models: bool = False) -> RunBu
 
 
 def clean_file(path: Path, secrets: list[str]) -> bytes:
-    """The bytes to upload for ``path``: specs with secret keys masked, text with secret values masked."""
+    """The bytes to upload for ``path``: specs with secret keys masked (never their names or sections, see
+    ``mask_spec_file``), text with secret values masked."""
     if path.suffix not in TEXT_SUFFIXES:
         return path.read_bytes()
     text = path.read_text()
     if path.name.endswith("_spec.json"):
-        text = json.dumps(mask_secret_keys(json.loads(text)), indent=2) + "\n"
+        text = json.dumps(mask_spec_file(json.loads(text)), indent=2) + "\n"
     return scrub_text(text, secrets).encode()
 
 

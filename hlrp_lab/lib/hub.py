@@ -20,6 +20,7 @@ from loguru import logger
 
 from hlrp_lab.lib.bundle import run_bundle
 from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.lib.names import check_name
 from hlrp_lab.lib.scrub import secret_values
 
 RUNS_FOLDER = "data"
@@ -46,6 +47,12 @@ def env_settings(env_file: Path = ENV_FILE) -> dict[str, str]:
     return {**file_values, **os.environ}
 
 
+def missing_settings(env_file: Path = ENV_FILE) -> list[str]:
+    """The settings of ``hub_target`` that are not set (``HF_REPO``, ``HF_TOKEN``)."""
+    settings = env_settings(env_file)
+    return [name for name in ("HF_REPO", "HF_TOKEN") if not settings.get(name)]
+
+
 def hub_target(env_file: Path = ENV_FILE) -> HubTarget:
     """The target from ``HF_REPO``, ``HF_TOKEN`` and ``HF_ENDPOINT`` in the environment or ``.env``."""
     settings = env_settings(env_file)
@@ -67,23 +74,24 @@ def hub_api(target: HubTarget) -> HfApi:
 
 def upload_run(run_dir: Path, target: HubTarget, models: bool = False) -> str:
     """Upload ``run_dir``'s results (weights too with ``models``); returns the commit's URL."""
-    if not (run_dir / "info").is_dir():
+    path = Path(os.path.abspath(run_dir))  # `push .` names its directory too
+    run_name = check_name(path.name, "run directory name")  # it becomes a folder of the repo
+    if not (path / "info").is_dir():
         raise SpecError(f"{run_dir}: not a run directory (no info/ folder)")
-    bundle = run_bundle(run_dir, secret_values(env_settings()), models)
+    bundle = run_bundle(path, secret_values(env_settings()), models)
     api = hub_api(target)
     api.create_repo(target.repo, repo_type="dataset", private=True, exist_ok=True)
     files = [
-        CommitOperationAdd(f"{RUNS_FOLDER}/{run_dir.name}/{name}", data)
-        for name, data in bundle.files.items()
+        CommitOperationAdd(f"{RUNS_FOLDER}/{run_name}/{name}", data) for name, data in bundle.files.items()
     ]
     for attempt in range(1, COMMIT_ATTEMPTS):
         try:
-            return commit_run(api, target.repo, run_dir.name, files, bundle.summary)
+            return commit_run(api, target.repo, run_name, files, bundle.summary)
         except HfHubHTTPError as err:
             if err.response is None or err.response.status_code not in CONFLICT:
                 raise
             logger.info(f"{target.repo} changed during the upload; retrying ({attempt}/{COMMIT_ATTEMPTS})")
-    return commit_run(api, target.repo, run_dir.name, files, bundle.summary)
+    return commit_run(api, target.repo, run_name, files, bundle.summary)
 
 
 def commit_run(api: HfApi, repo: str, run: str, files: list[CommitOperationAdd], summary: dict) -> str:
@@ -166,11 +174,25 @@ def matching(runs: dict[str, dict], pattern: str) -> list[str]:
     return sorted(run for run in runs if any(fnmatch.fnmatchcase(run, g) for g in globs))
 
 
+def check_run_names(runs: list[str], repo: str) -> list[str]:
+    """``runs`` named in the repo's index, each a safe path component: an entry such as ``../../x`` must not
+    make ``pull`` write outside ``data/``."""
+    for run in runs:
+        try:
+            check_name(run, "run")
+        except SpecError as err:
+            raise RunError(
+                f"{repo}/{INDEX}: {err}; nothing was pulled: remove or rename that entry in the repo"
+            ) from None
+    return runs
+
+
 def pull_runs(target: HubTarget, runs: list[str], dest: Path) -> list[str]:
     """Download ``runs`` into ``dest/<run>/``, skipping those already there; returns the ones pulled.
 
     Each run is downloaded beside its destination and renamed into place, so a failed pull leaves nothing.
     """
+    check_run_names(runs, target.repo)
     api = hub_api(target)
     dest.mkdir(parents=True, exist_ok=True)
     pulled = []
@@ -182,6 +204,8 @@ def pull_runs(target: HubTarget, runs: list[str], dest: Path) -> list[str]:
             api.snapshot_download(
                 target.repo, repo_type="dataset", allow_patterns=f"{RUNS_FOLDER}/{run}/*", local_dir=tmp
             )
+            if not (Path(tmp) / RUNS_FOLDER / run).is_dir():
+                raise RunError(f"{target.repo}: {INDEX} lists {run} but {RUNS_FOLDER}/{run}/ holds no files")
             (Path(tmp) / RUNS_FOLDER / run).rename(dest / run)
         pulled.append(run)
     return pulled
