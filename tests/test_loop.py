@@ -8,7 +8,7 @@ import torch
 
 from hlrp_lab.experiment.checkpoint import Checkpoints
 from hlrp_lab.experiment.control import Experiment, Trial
-from hlrp_lab.experiment.lab import evaluate_run, latest_run_dir, run_lab
+from hlrp_lab.experiment.lab import evaluate_run, run_lab
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
 from hlrp_lab.lib.errors import CheckpointError, NonFiniteLossError
 from hlrp_lab.lib.util import make_run_dir
@@ -39,6 +39,7 @@ def test_train_writes_run_directory_and_is_deterministic(tmp_path, monkeypatch, 
     assert first != second and first.parent == second.parent == Path("data")
     info = sorted(p.name for p in (first / "info").iterdir())
     assert info == [
+        "status.json",
         "tiny_spec.json",
         "tiny_t0_s0_session_metrics.csv",
         "tiny_t0_spec.json",
@@ -75,7 +76,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_
     with pytest.raises(NonFiniteLossError, match=r"loss is not finite at step (\d+)") as err:
         run_lab(write_spec_file(tmp_path, tiny_spec), "tiny", Mode("train"), {})
     bad_step = int(err.value.args[0].split("at step ")[1].split(";")[0])
-    run_dir = latest_run_dir("tiny")
+    run_dir = max(Path("data").glob("tiny_*"))  # a failed run: latest_run_dir skips it
     state = torch.load(run_dir / "model" / "tiny_t0_s0_last_state.pt", weights_only=True)
     assert 1 <= state["step"] == bad_step - 1
 

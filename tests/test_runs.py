@@ -22,6 +22,7 @@ def make_run(root: Path, name: str, trials: dict[int, str], best: int | None = N
         path.write_text(json.dumps({spec_name: {"model": {"vla": vla}}}))
 
     write(run_dir / "info" / f"{spec_name}_spec.json", "base")
+    (run_dir / "info" / "status.json").write_text('{"status": "completed"}')
     for trial, vla in trials.items():
         write(run_dir / "info" / f"{spec_name}_t{trial}_spec.json", vla)
         (run_dir / "model" / f"{spec_name}_t{trial}_s0_best.safetensors").write_bytes(b"w")
@@ -57,7 +58,11 @@ def test_latest_is_the_newest_run_and_errors_name_the_key(tmp_path):
     make_run(tmp_path, "vla_search_2026_11_23_120000", {0: "a"})
     newer = make_run(tmp_path, "vla_search_2026_11_23_120000_1", {0: "b"})
     assert newest_run("vla_search", tmp_path) == newer
-    with pytest.raises(SpecError, match="train.init_from: no run of 'nothing' under"):
+    (newer / "info" / "status.json").unlink()  # a run from before status files: completed if it has results
+    assert newest_run("vla_search", tmp_path) != newer
+    (newer / "info" / "vla_search_t0_trial_metrics.json").write_text("{}")
+    assert newest_run("vla_search", tmp_path) == newer
+    with pytest.raises(SpecError, match="train.init_from: no completed non-dev run of 'nothing' under"):
         resolve_reference("latest:nothing", "train.init_from", root=tmp_path)
     with pytest.raises(
         SpecError, match="data.source.laq: 'elsewhere' is not a run directory, a .safetensors"

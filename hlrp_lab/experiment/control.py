@@ -33,10 +33,12 @@ from hlrp_lab.experiment.results import (
     keep_models,
     save_table,
 )
+from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.runs import experiment_table_path
-from hlrp_lab.lib.util import write_json
+from hlrp_lab.lib.scrub import mask_spec_file
+from hlrp_lab.lib.util import atomic_write, write_json
 from hlrp_lab.spec.check import check_spec
 
 SessionEval = Callable[[int, int, dict[str, float]], None]  # (session, step, evaluation row)
@@ -94,7 +96,8 @@ class Session:
             loop = Loop(self.build_stage(), self.spec, self.checkpoints, on_eval=callbacks)
             metrics = loop.run()
             history = pd.DataFrame(loop.history)
-            history.to_csv(self.run_dir / "info" / f"{self.prefix}_session_metrics.csv", index=False)
+            metrics_csv = self.run_dir / "info" / f"{self.prefix}_session_metrics.csv"
+            atomic_write(metrics_csv, lambda file: history.to_csv(file, index=False))
             save_session_graphs(history, self.stage_cls.graph_metrics, self.run_dir / "graph", self.prefix)
             logger.info(f"{self.prefix} done: {format_metrics(metrics)}")
             return metrics
@@ -110,19 +113,15 @@ class Session:
         return metrics
 
 
-def run_session(
-    spec: dict, threads: int | None = None, on_eval: SessionEval | None = None
-) -> dict[str, float]:
-    """Train one session, in this process or a spawned one (then with ``threads`` torch threads)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+def run_session(spec: dict, threads: int, on_eval: SessionEval | None = None) -> dict[str, float]:
+    """Train one session, in this process or a spawned one, with ``threads`` torch threads."""
+    torch.set_num_threads(threads)
     return Session(spec, on_eval).run()
 
 
-def evaluate_session(spec: dict, threads: int | None = None) -> dict[str, float]:
+def evaluate_session(spec: dict, threads: int) -> dict[str, float]:
     """Evaluate one session's best checkpoint, like ``run_session``."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     return Session(spec).evaluate()
 
 
@@ -156,7 +155,8 @@ def relay_rows(rows: queue.Queue, futures: list[Future], on_eval: SessionEval) -
 class Trial:
     """``meta.max_session`` sessions of one spec with distinct seeds, aggregated as mean and std.
 
-    Sessions share ``cpus`` (default: every CPU of the machine).
+    Sessions share ``cpus`` (default: the CPUs this process may use, by affinity and cgroup quota, not the
+    machine's count: more torch threads than cores multiplies the CPU time of a step on a busy machine).
     """
 
     def __init__(self, spec: dict, cpus: int | None = None):
@@ -164,7 +164,7 @@ class Trial:
         self.run_dir = Path(spec["meta"]["run_dir"])
         self.prefix = prefix(spec, with_session=False)
         self.stage_cls = STAGES.get(spec["stage"], "stage")
-        self.cpus = cpus or os.cpu_count() or 1
+        self.cpus = cpus or available_cpus()
 
     def session_specs(self) -> list[dict]:
         specs = []
@@ -180,7 +180,8 @@ class Trial:
         ``on_eval(step, row)`` hears the mean over sessions of every evaluation, in this process.
         """
         write_json(
-            self.run_dir / "info" / f"{self.prefix}_spec.json", {self.spec["meta"]["spec_name"]: self.spec}
+            self.run_dir / "info" / f"{self.prefix}_spec.json",
+            mask_spec_file({self.spec["meta"]["spec_name"]: self.spec}),
         )
         self.stage_cls.prepare(self.spec)
         means = None if on_eval is None else EvalMeans(self.spec["meta"]["max_session"], on_eval)
@@ -214,10 +215,10 @@ class Trial:
         """
         specs = self.session_specs()
         kwargs = {} if on_eval is None else {"on_eval": on_eval}
-        if len(specs) == 1:
-            return [fn(specs[0], **kwargs)]
         workers = min(len(specs), self.cpus)
         threads = max(1, self.cpus // workers)
+        if len(specs) == 1:
+            return [fn(specs[0], threads=threads, **kwargs)]
         context = get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=setup_logger) as pool:
             if on_eval is None:
@@ -256,7 +257,6 @@ class Experiment:
         model files (-1: all). Raises RunError, after writing them, if the search was interrupted."""
         from hlrp_lab.experiment.search import run_search
 
-        self.stage_cls.prepare_data(self.spec)
         outcome = run_search(self.spec)
         table = self.tabulate(outcome.records, outcome.params)
         ranked = table.dropna(subset=[self.stage_cls.metric])
@@ -288,7 +288,9 @@ class Experiment:
         """The best trial as a spec of its own: trial 0 with the same session seeds, no search block."""
         spec = check_spec(record.spec)
         spec["meta"].update(trial=0, random_seed=spec["meta"]["random_seed"] + 1000 * record.trial)
-        write_json(self.run_dir / "info" / f"{self.spec_name}_best_spec.json", {self.spec_name: spec})
+        write_json(
+            self.run_dir / "info" / f"{self.spec_name}_best_spec.json", mask_spec_file({self.spec_name: spec})
+        )
         logger.info(
             f"best trial: {record.trial} ({self.stage_cls.metric} {record.metrics[self.stage_cls.metric]:.4g})"
         )

@@ -7,11 +7,23 @@ from typing import Any
 import pydash
 from loguru import logger
 
+from hlrp_lab.components.registry import STAGES
 from hlrp_lab.experiment.control import Experiment, Trial
+from hlrp_lab.experiment.search import check_ray_address
 from hlrp_lab.experiment.search_space import check_search_mode
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
-from hlrp_lab.lib.runs import DATA_ROOT, newest_run, resolve_reference, saved_spec_path
+from hlrp_lab.lib.names import check_name
+from hlrp_lab.lib.runs import (
+    DATA_ROOT,
+    LATEST,
+    LATEST_DEV,
+    newest_run,
+    recorded_status,
+    resolve_reference,
+    saved_spec_path,
+)
+from hlrp_lab.lib.scrub import mask_spec_file
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
@@ -26,7 +38,9 @@ from hlrp_lab.spec.spec_util import (
 
 def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int = 3) -> Path:
     """Run ``spec_name`` in ``mode``; return the run directory. A search keeps the model files of its best
-    ``keep`` trials (-1: all)."""
+    ``keep`` trials (-1: all). Everything that can be checked (spec, references, data) is checked before the
+    run directory exists; a run that fails after is marked failed in ``info/status.json``."""
+    check_name(spec_name, "spec name")
     if mode.name == "eval":
         return evaluate_run(mode.run_dir or latest_run_dir(spec_name), spec_name)
     if mode.resume:
@@ -35,6 +49,9 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     setup_logger()  # the console, until the run directory exists
     spec = pin_references(spec)
     check_search_mode(spec, spec_name, mode.name)
+    STAGES.get(spec["stage"], "stage").prepare_data(spec)  # data readable and splittable, before any run dir
+    if mode.name == "search":
+        check_ray_address()  # a cluster named by RAY_ADDRESS answers
     ts = timestamp()
     run_dir = make_run_dir(DATA_ROOT, spec_name, ts)
     meta = spec["meta"]
@@ -42,27 +59,31 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     meta.update(experiment_ts=ts, git_sha=git_sha())
     if meta["random_seed"] is None:
         meta["random_seed"] = secrets.randbelow(2**31)
-    write_json(saved_spec_path(run_dir, spec_name), {spec_name: spec})
+    save_spec(run_dir, spec_name, spec)
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
-    if mode.name == "search":
-        Experiment(spec).search(keep)
-    else:
-        Trial(spec).run()
+    with recorded_status(run_dir):
+        if mode.name == "search":
+            Experiment(spec).search(keep)
+        else:
+            Trial(spec).run()
     return run_dir
 
 
+def save_spec(run_dir: Path, spec_name: str, spec: dict) -> None:
+    """``info/{spec_name}_spec.json``, secret-named values masked (a run directory is shared as it is)."""
+    write_json(saved_spec_path(run_dir, spec_name), mask_spec_file({spec_name: spec}))
+
+
 def pin_references(node: Any, key: str = "") -> Any:
-    """``node`` with every ``latest:<spec_name>`` replaced by the run directory it names now, so that the saved
-    spec reproduces the run even after newer runs of that spec."""
+    """``node`` with every ``latest:<spec_name>`` (or ``latest-dev:``) replaced by the run directory it names
+    now, so that the saved spec reproduces the run even after newer runs of that spec."""
     if isinstance(node, dict):
         return {k: pin_references(v, f"{key}.{k}" if key else k) for k, v in node.items()}
     if isinstance(node, list):
         return [pin_references(v, f"{key}[{i}]") for i, v in enumerate(node)]
-    if isinstance(node, str) and node.startswith("latest:"):
-        run_dir = resolve_reference(node, key).run_dir
-        logger.info(f"{key}: {node} is {run_dir}")
-        return str(run_dir)
+    if isinstance(node, str) and node.startswith((LATEST, LATEST_DEV)):
+        return str(resolve_reference(node, key).run_dir)
     return node
 
 
@@ -83,12 +104,13 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
     if plain:
         raise SpecError(f"-s {plain[0]}: a resumed run uses its saved spec; only dotted keys can override it")
     spec = load_run_spec(run_dir, spec_name, sets)
-    if sets:
-        pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
-        write_json(saved_spec_path(run_dir, spec_name), {spec_name: spec})
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name}: resuming {run_dir}")
-    Trial(spec).run()
+    with recorded_status(run_dir):
+        Trial(spec).run()
+    if sets:  # only once they worked: a failed override must not stick to the run
+        pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
+        save_spec(run_dir, spec_name, spec)
     return run_dir
 
 
@@ -103,8 +125,11 @@ def evaluate_run(run_dir: Path, spec_name: str) -> Path:
 
 
 def latest_run_dir(spec_name: str, root: Path = DATA_ROOT) -> Path:
-    """The newest ``{spec_name}_{timestamp}`` directory under ``root``."""
-    run_dir = newest_run(spec_name, root)
+    """The newest completed ``{spec_name}_{timestamp}`` directory under ``root``, dev runs included (eval
+    names the spec itself, so a dev run of it is what the user asks for when it is the newest)."""
+    run_dir = newest_run(spec_name, root, dev=True)
     if run_dir is None:
-        raise SpecError(f"no run of {spec_name!r} under {root}/; train one first or pass eval@RUN_DIR")
+        raise SpecError(
+            f"no completed run of {spec_name!r} under {root}/; train one first or pass eval@RUN_DIR"
+        )
     return run_dir

@@ -4,14 +4,23 @@ import csv
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.scrub import scrub_text, secret_values
+from hlrp_lab.lib.util import write_json
 
 DATA_ROOT = Path("data")
 RUN_DIR_NAME = re.compile(r"(?P<spec>.+)_(?P<ts>\d{4}_\d{2}_\d{2}_\d{6})(?:_(?P<n>\d+))?")
+# A run's state in info/status.json: running while it trains (and after a kill), then completed or failed.
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+# latest:<spec> is the newest completed run that is not a dev run; latest-dev:<spec> lets dev runs count too.
+LATEST, LATEST_DEV = "latest:", "latest-dev:"
 
 
 def saved_spec_path(run_dir: Path, spec_name: str) -> Path:
@@ -30,14 +39,85 @@ def experiment_table_path(run_dir: Path, spec_name: str) -> Path:
     return run_dir / "info" / f"{spec_name}_experiment.csv"
 
 
-def newest_run(spec_name: str, root: Path = DATA_ROOT) -> Path | None:
-    """The newest ``{spec_name}_{timestamp}[_{n}]`` directory under ``root`` with a saved spec, if any."""
+def status_path(run_dir: Path) -> Path:
+    return run_dir / "info" / "status.json"
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """``info/status.json`` of a run (``{"status": ..., "error": ...}``); None for runs made before it existed
+    or an unreadable file."""
+    try:
+        status = json.loads(status_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
+    write_json(status_path(run_dir), {"status": status} | ({"error": error} if error else {}))
+
+
+@contextmanager
+def recorded_status(run_dir: Path) -> Iterator[None]:
+    """Mark ``run_dir`` running, then completed, or failed with the error's first line (secrets masked)."""
+    write_status(run_dir, RUNNING)
+    try:
+        yield
+    except BaseException as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        error = scrub_text(
+            f"{type(err).__name__}: {message}" if message else type(err).__name__, secret_values()
+        )
+        write_status(run_dir, FAILED, error)
+        raise
+    write_status(run_dir, COMPLETED)
+
+
+def is_completed(run_dir: Path, spec_name: str) -> bool:
+    """A run that ended well: its status says so, or (a run from before status files) it wrote its results."""
+    status = read_status(run_dir)
+    if status is not None:
+        return status.get("status") == COMPLETED
+    info = run_dir / "info"
+    return (
+        any(info.glob(f"{spec_name}_t*_trial_metrics.json"))
+        or experiment_table_path(run_dir, spec_name).is_file()
+    )
+
+
+def saved_mode(run_dir: Path, spec_name: str) -> str | None:
+    """The mode a run was started in (``meta.mode`` of its saved spec)."""
+    try:
+        spec = json.loads(saved_spec_path(run_dir, spec_name).read_text())[spec_name]
+        return spec["meta"]["mode"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def newest_run(spec_name: str, root: Path = DATA_ROOT, dev: bool = False) -> Path | None:
+    """The newest completed ``{spec_name}_{timestamp}[_{n}]`` run under ``root``: failed, killed and running
+    runs never count, dev runs only with ``dev``."""
     runs = []
     for path in root.glob(f"{spec_name}_*"):
         match = RUN_DIR_NAME.fullmatch(path.name)
-        if match and match["spec"] == spec_name and saved_spec_path(path, spec_name).is_file():
+        if not (match and match["spec"] == spec_name and saved_spec_path(path, spec_name).is_file()):
+            continue
+        if is_completed(path, spec_name) and (dev or saved_mode(path, spec_name) != "dev"):
             runs.append((match["ts"], int(match["n"] or 0), path))
     return max(runs)[2] if runs else None
+
+
+def describe_run(run_dir: Path, spec_name: str) -> str:
+    """``data/x_ts (train run, 1000 steps)``: what a resolved reference names, for the log."""
+    mode = saved_mode(run_dir, spec_name) or "unknown mode"
+    steps = None
+    for path in sorted((run_dir / "info").glob(f"{spec_name}_t*_trial_metrics.json")):
+        try:
+            steps = int(json.loads(path.read_text())["mean"]["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        break
+    return f"{run_dir} ({mode} run" + (f", {steps} steps)" if steps is not None else ")")
 
 
 @dataclass(frozen=True)
@@ -65,11 +145,17 @@ def resolve_reference(reference: str, key: str, root: Path = DATA_ROOT) -> RunRe
     best trial's session-0 ``best`` weights) or a ``.safetensors`` file of a run. ``key`` names the spec key
     in errors."""
     forms = "a run directory, a .safetensors file of a run, or latest:<spec_name>"
-    if reference.startswith("latest:"):
-        spec_name = reference.removeprefix("latest:")
-        run_dir = newest_run(spec_name, root)
+    if reference.startswith((LATEST, LATEST_DEV)):
+        dev = reference.startswith(LATEST_DEV)
+        spec_name = reference.removeprefix(LATEST_DEV if dev else LATEST)
+        run_dir = newest_run(spec_name, root, dev=dev)
         if run_dir is None:
-            raise SpecError(f"{key}: no run of {spec_name!r} under {root}/; train it first, or give {forms}")
+            kind = "completed run" if dev else "completed non-dev run"
+            hint = "" if dev else f" (for dev runs too: {LATEST_DEV}{spec_name})"
+            raise SpecError(
+                f"{key}: no {kind} of {spec_name!r} under {root}/{hint}; train it first, or give {forms}"
+            )
+        logger.info(f"{key}: {reference} is {describe_run(run_dir, spec_name)}")
         return best_weights(run_dir, spec_name, key)
     path = Path(reference)
     run_dir = path.parent.parent if path.suffix == ".safetensors" else path
@@ -99,7 +185,7 @@ def best_weights(run_dir: Path, spec_name: str, key: str) -> RunReference:
 
 def local_run_references(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
     """(dotted key, value) of every string in a spec that names a run of this machine's data/:
-    ``latest:<spec_name>`` or a relative path into a run directory, search choices included."""
+    ``latest:<spec_name>``, ``latest-dev:<spec_name>`` or a relative path into a run directory, search choices included."""
     if isinstance(node, dict):
         for name, value in node.items():
             yield from local_run_references(value, f"{key}.{name}" if key else name)
@@ -111,5 +197,5 @@ def local_run_references(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
         in_run_dir = (
             len(parts) >= 2 and parts[0] == DATA_ROOT.name and run_dir_spec_name(parts[1]) is not None
         )
-        if node.startswith("latest:") or in_run_dir:
+        if node.startswith((LATEST, LATEST_DEV)) or in_run_dir:
             yield key, node
