@@ -16,10 +16,10 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except SpecError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {one_line(err)}", err=True)
         raise typer.Exit(2) from None
     except RunError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {one_line(err)}", err=True)
         raise typer.Exit(1) from None
     except ModuleNotFoundError as err:
         if err.name not in ML_MODULES:
@@ -30,3 +30,8 @@ def cli_errors() -> Iterator[None]:
             err=True,
         )
         raise typer.Exit(2) from None
+
+
+def one_line(err: Exception) -> str:
+    """The message with any line break escaped: an error is one line whatever text it quotes."""
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")

@@ -94,6 +94,7 @@ def spec_check(
     ] = None,
 ) -> None:
     """Validate every spec in the given files; keys holding an unset ${var} are checked at run time."""
+    from hlrp_lab.lib.names import check_name
     from hlrp_lab.spec.spec_util import read_spec_file, spec_variables
 
     with cli_errors():
@@ -113,6 +114,7 @@ def spec_check(
             continue
         for name, spec in specs.items():
             try:
+                check_name(name, "spec name")
                 check_unresolved(spec)
             except SpecError as err:
                 typer.echo(f"FAIL {spec_file} {name}: {err}")

@@ -4,12 +4,12 @@ dry build of the model on the meta device (no memory, no data) so size mismatche
 import pydash
 import torch
 
-from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry, validate_model
+from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry, printable, validate_model
 from hlrp_lab.experiment.optim import optimizer_kwargs
 from hlrp_lab.experiment.search_space import check_search
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.spec.schema import Spec
-from hlrp_lab.spec.spec_util import spec_variables
+from hlrp_lab.spec.spec_util import check_key_placeholders, spec_variables
 
 
 def check_spec(spec: dict) -> dict:
@@ -34,7 +34,8 @@ def check_components(model: dict, families: dict[str, Registry], stage: str) -> 
     for key in model:
         if key not in families:
             raise SpecError(
-                f"model.{key}: stage {stage!r} has no such component; expected: {', '.join(families)}"
+                f"model.{printable(key)}: stage {stage!r} has no such component; "
+                f"expected: {', '.join(families)}"
             )
     checked = {}
     for family, registry in families.items():
@@ -53,7 +54,9 @@ def check_block(registry: Registry, block: dict, key: str) -> dict:
 
 def check_unresolved(spec: dict) -> dict:
     """Check a spec whose ${var}s are unset (``spec check``): a placeholder stays as its text where a string
-    is valid (a path, a pattern) and its key falls back to the default where it is not (a number)."""
+    is valid (a path, a pattern) and its key falls back to the default where it is not (a number); a
+    placeholder in a key name is an error."""
+    check_key_placeholders(spec)
     while True:
         try:
             return check_spec(spec)

@@ -211,3 +211,11 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "meta": MetaSpec,
     "rollout": RolloutSpec,
 }
+
+# The meta keys the lab sets itself when a run starts (described as "Set by the lab"): `-s` cannot set them,
+# so that no override can move where a run writes.
+LAB_KEYS: tuple[str, ...] = tuple(
+    f"meta.{name}"
+    for name, field in MetaSpec.model_fields.items()
+    if (field.description or "").startswith("Set by the lab")
+)

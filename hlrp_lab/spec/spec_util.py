@@ -13,7 +13,10 @@ from typing import Any
 
 import pydash
 
+from hlrp_lab.components.registry import printable
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.names import check_name
+from hlrp_lab.spec.schema import LAB_KEYS
 
 VAR_PATTERN = re.compile(r"\$\{(\w+)\}")
 MODES = ("dev", "train", "eval", "search")
@@ -50,36 +53,68 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise SpecError(f"-s {pair}: expected key=value, e.g. -s lr=3e-4")
-        values[key] = parse_value(raw)
+            raise SpecError(f"-s {printable(pair)}: expected key=value, e.g. -s lr=3e-4")
+        values[key] = parse_value(raw, f"-s {printable(key)}")
     return values
 
 
-def parse_value(raw: str) -> Any:
+def parse_value(raw: str, what: str = "value") -> Any:
+    """``raw`` as JSON if it is JSON (number, bool, null, list, object), else the string itself. ``what``
+    names it in the error for JSON that Python cannot hold (thousands of digits, deep nesting)."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
+    except (ValueError, RecursionError):
+        raise SpecError(f"{what}: the value is too long a number or nested too deeply to read") from None
 
 
 def read_spec_file(spec_file: str | Path) -> dict[str, dict]:
     """All named specs in a JSON spec file."""
     path = Path(spec_file)
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory, expected a JSON spec file")
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        specs = json.loads(path.read_text())
+        specs = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SpecError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start}); save the spec file as UTF-8") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the spec file: {err.strerror}") from None
+    except (ValueError, RecursionError):
+        raise SpecError(f"{path}: a number too long or nesting too deep to read as a spec") from None
     if not isinstance(specs, dict) or not all(isinstance(v, dict) for v in specs.values()):
         raise SpecError(f"{path}: expected an object mapping spec names to specs")
     return specs
 
 
 def select_spec(specs: dict[str, dict], spec_name: str, spec_file: str | Path) -> dict:
+    """The spec named ``spec_name``, which must be safe as a directory name (it names the run directory)."""
+    check_name(spec_name, "spec name")
     if spec_name not in specs:
-        raise SpecError(f"{spec_file}: no spec named {spec_name!r}; specs in this file: {', '.join(specs)}")
+        names = printable(", ".join(specs))
+        raise SpecError(f"{spec_file}: no spec named {spec_name!r}; specs in this file: {names}")
     return specs[spec_name]
+
+
+def check_key_placeholders(node: Any, key: str = "") -> None:
+    """A ``${var}`` in a key name is an error naming the key: placeholders are replaced in values only."""
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            check_key_placeholders(value, f"{key}[{i}]")
+    if not isinstance(node, dict):
+        return
+    for name, value in node.items():
+        path = f"{key}.{name}" if key else str(name)
+        if VAR_PATTERN.search(str(name)):
+            raise SpecError(
+                f"{printable(path)}: a ${{var}} placeholder in a key name is not supported; placeholders are "
+                "replaced in values only (override a key with -s section.key=VALUE)"
+            )
+        check_key_placeholders(value, path)
 
 
 def spec_variables(node: Any) -> set[str]:
@@ -103,7 +138,7 @@ def substitute(node: Any, variables: dict[str, Any], key: str = "") -> Any:
         return node
     for name in VAR_PATTERN.findall(node):
         if name not in variables:
-            raise SpecError(f"{key}: variable ${{{name}}} is not set; pass -s {name}=VALUE")
+            raise SpecError(f"{printable(key)}: variable ${{{name}}} is not set; pass -s {name}=VALUE")
     whole = VAR_PATTERN.fullmatch(node)
     if whole:
         return variables[whole.group(1)]
@@ -111,28 +146,55 @@ def substitute(node: Any, variables: dict[str, Any], key: str = "") -> Any:
 
 
 def apply_overrides(spec: dict, overrides: dict[str, Any]) -> dict:
-    """Set dotted keys (``-s train.max_step=100``); the parent of each key must be an object."""
+    """Set dotted keys (``-s train.max_step=100``); the parent of each key must be an object. Each dot
+    separates two key names (no list indices), and keys the lab sets itself (LAB_KEYS) cannot be set."""
     spec = pydash.clone_deep(spec)
     for path, value in overrides.items():
-        parent, _, _ = path.rpartition(".")
-        if not isinstance(pydash.get(spec, parent), dict):
-            raise SpecError(f"-s {path}: {parent!r} is not an object in this spec")
-        pydash.set_(spec, path, value)
+        *parents, last = override_keys(path)
+        parent = spec
+        for depth, name in enumerate(parents, start=1):
+            parent = parent.get(name)
+            if not isinstance(parent, dict):
+                parent_key = ".".join(parents[:depth])
+                raise SpecError(f"-s {printable(path)}: {parent_key!r} is not an object in this spec")
+        parent[last] = value
     return spec
+
+
+def override_keys(path: str) -> list[str]:
+    """The key names of a dotted ``-s`` path; an empty name or a key the lab sets is an error."""
+    names = path.split(".")
+    if not all(names):
+        raise SpecError(
+            f"-s {printable(path)}: empty key name in the dotted path; write it as section.key, "
+            "e.g. train.max_step"
+        )
+    for lab_key in LAB_KEYS:
+        if path == lab_key or path.startswith(f"{lab_key}."):
+            raise SpecError(
+                f"-s {printable(path)}: {lab_key} is set by the lab when a run starts and cannot be "
+                "overridden"
+            )
+    return names
 
 
 def resolve_spec(spec_file: str | Path, spec_name: str, sets: dict[str, Any]) -> dict:
     """Load one spec and apply ``-s`` values: plain names fill ${var}, dotted names override keys."""
     spec = select_spec(read_spec_file(spec_file), spec_name, spec_file)
+    check_key_placeholders(spec)
     variables = {k: v for k, v in sets.items() if "." not in k}
     overrides = {k: v for k, v in sets.items() if "." in k}
     used = spec_variables(spec)
     for name in variables:
         if name not in used:
             known = ", ".join(sorted(used)) or "none"
-            raise SpecError(f"-s {name}: spec {spec_name!r} has no ${{{name}}}; its variables: {known}")
+            shown = printable(name)
+            raise SpecError(f"-s {shown}: spec {spec_name!r} has no ${{{shown}}}; its variables: {known}")
     spec = apply_overrides(substitute(spec, variables), overrides)
-    pydash.set_(spec, "meta.variables", sets)
+    meta = spec.setdefault("meta", {})
+    if not isinstance(meta, dict):
+        raise SpecError(f"meta: expected an object (got a {type(meta).__name__})")
+    meta["variables"] = sets
     return spec
 
 
