@@ -1,5 +1,5 @@
-"""CPU time of a LAQ training step on a busy machine: OpenMP's default (threads spin while they wait) vs the
-lab's setting (``OMP_WAIT_POLICY=PASSIVE``, set by the CLI before torch loads), side by side in one run.
+"""CPU time of a LAQ training step on a busy machine: OpenMP's default (threads spin long while they wait) vs
+the lab's setting (``GOMP_SPINCOUNT=10000``, set by the CLI before torch loads), side by side in one run.
 
 Busy-loop processes occupy every CPU this process has; each variant trains ``laq_debug``'s model for
 ``--steps`` steps in a fresh subprocess (so the setting takes effect before torch loads), alternating the
@@ -29,9 +29,9 @@ SMOKE = {"steps": 1, "repeats": 1}
 def worker(steps: int) -> None:
     """Train ``steps`` steps of laq_debug's model on random frames; print CPU seconds per step and steps/s."""
     if os.environ.get("BENCH_LAB_SETTING") == "1":
-        from hlrp_lab.lib.cpus import passive_openmp_wait
+        from hlrp_lab.lib.cpus import short_openmp_spin
 
-        passive_openmp_wait()
+        short_openmp_spin()
     import torch
     import torch.nn.functional as F
 
@@ -59,7 +59,7 @@ def worker(steps: int) -> None:
 
 
 def run_variant(lab_setting: bool, steps: int) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["BENCH_LAB_SETTING"] = "1" if lab_setting else "0"
     out = subprocess.run(
         [sys.executable, __file__, "--worker", "--steps", str(steps)],

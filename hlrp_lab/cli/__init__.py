@@ -1,3 +1,3 @@
-from hlrp_lab.lib.cpus import passive_openmp_wait
+from hlrp_lab.lib.cpus import short_openmp_spin
 
-passive_openmp_wait()  # before any command imports torch
+short_openmp_spin()  # before any command imports torch

@@ -25,10 +25,14 @@ def cgroup_quota(path: Path) -> int | None:
     return max(1, math.ceil(int(limit) / int(period)))
 
 
-def passive_openmp_wait() -> None:
-    """Let OpenMP threads sleep while they wait instead of spinning (unless OMP_WAIT_POLICY is set already).
+def short_openmp_spin() -> None:
+    """Let OpenMP threads spin only briefly before they sleep while they wait for work (GNU OpenMP, which
+    PyPI's torch uses: ``GOMP_SPINCOUNT=10000`` instead of 300000), unless the user set a wait policy.
 
-    On a busy machine spinning threads multiply the CPU time of a training step (benchmarks/busy_machine.py).
-    It must run before torch loads OpenMP; spawned sessions, DataLoader workers and Ray workers inherit it.
+    On a busy machine long spinning multiplies the CPU time of a training step, and threads that never sleep
+    (``OMP_WAIT_POLICY=PASSIVE``) cost an idle machine a fifth of its speed; benchmarks/busy_machine.py
+    measures both. It must run before torch loads OpenMP; spawned sessions, DataLoader and Ray workers
+    inherit it.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
