@@ -20,6 +20,7 @@ from hlrp_lab.lib.cpus import cgroup_quota
 from hlrp_lab.lib.errors import NonFiniteLossError, SpecError
 from hlrp_lab.lib.runs import newest_run, read_status, resolve_reference
 from hlrp_lab.lib.util import make_run_dir
+from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import Mode
 
 
@@ -164,3 +165,22 @@ def test_the_trial_default_is_the_affinity_not_the_machine():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_a_foundation_run_without_its_tokenizer_is_refused_before_the_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).parents[1]
+    finetune = json.loads((root / "specs" / "finetune.json").read_text())["ft_debug"]
+    finetune["data"]["source"].update(episodes=8, episode_length=6)
+    finetune["data"].update(image_size=32, val_split=0.5)
+    checked = check_spec(finetune)["model"]
+    foundation = {"stage": "foundation", "model": {k: checked[k] for k in ("vla", "latent_head")}}
+    run_dir = make_run_dir(Path("data"), "vla", "2026_11_30_120000")
+    for name in ("vla_spec.json", "vla_t0_spec.json"):
+        (run_dir / "info" / name).write_text(json.dumps({"vla": foundation}))
+    (run_dir / "info" / "status.json").write_text('{"status": "completed"}')
+    (run_dir / "model" / "vla_t0_s0_best.safetensors").write_bytes(b"w")  # its tokenizer folder is gone
+    spec_file = write_specs(tmp_path / "specs.json", {"ft": finetune})
+    with pytest.raises(SpecError, match=r"train.init_from: data/vla_\S+ has no tokenizer vla_t0_tokenizer/"):
+        run_lab(spec_file, "ft", Mode("train"), {"train.init_from": "latest:vla"})
+    assert runs_under(Path("data")) == ["cache", run_dir.name]

@@ -33,6 +33,7 @@ from hlrp_lab.stages.vla import (
     in_batches,
     placeholder_tokenizer,
     prepare_tokenizer,
+    reference_tokenizer_dir,
     run_tokenizer,
 )
 
@@ -116,6 +117,12 @@ class FinetuneStage(VLAStage):
             raise SpecError(no_actions(spec["data"]))
         if spec["train"]["eval_rollouts"]:
             Rollouts.check(urls)
+        reference = foundation_reference(spec)
+        if reference is not None and not reference_tokenizer_dir(reference).is_dir():
+            raise SpecError(
+                f"train.init_from: {reference.run_dir} has no tokenizer {reference_tokenizer_dir(reference).name}/ "
+                "(removed with its trial's models?); name a run that kept it"
+            )
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
