@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
 from hlrp_lab.experiment.control import Trial
-from hlrp_lab.experiment.lab import run_lab, save_spec
+from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib import util
 from hlrp_lab.lib.cpus import cgroup_quota
 from hlrp_lab.lib.errors import NonFiniteLossError, SpecError
-from hlrp_lab.lib.runs import newest_run, read_status, resolve_reference
+from hlrp_lab.lib.runs import newest_run, read_status, resolve_reference, saved_spec_path, write_spec
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import Mode
@@ -128,7 +128,7 @@ def test_two_runs_started_in_the_same_second_get_distinct_directories(tmp_path, 
 def test_saved_specs_mask_secret_values_but_keep_the_spec(tmp_path, tiny_spec):
     run_dir = make_run_dir(tmp_path, "rt_secret", "2026_11_30_120000")
     tiny_spec["meta"]["variables"] = {"wandb_api_key": "SECRET999", "lr": 0.1}
-    save_spec(run_dir, "rt_secret", tiny_spec)
+    write_spec(saved_spec_path(run_dir, "rt_secret"), "rt_secret", tiny_spec)
     text = (run_dir / "info" / "rt_secret_spec.json").read_text()
     saved = json.loads(text)["rt_secret"]
     assert "SECRET999" not in text

@@ -16,9 +16,11 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from hlrp_lab.lib.errors import CheckpointError, RunError
+from hlrp_lab.lib.scrub import error_line
 from hlrp_lab.lib.util import temp_path, write_temp
 
 TAGS = ("last", "best")
+MAX_CAUSE_LENGTH = 203  # characters of the underlying error quoted in a checkpoint error
 
 
 class Checkpoints:
@@ -156,7 +158,6 @@ def readable(read: Callable[[Path], int], path: Path) -> int | None:
         return None
 
 
-def summary(err: BaseException, limit: int = 200) -> str:
-    """``Type: message`` on one line, cut to about ``limit`` characters."""
-    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
-    return text if len(text) <= limit else text[:limit] + "..."
+def summary(err: BaseException) -> str:
+    """What a checkpoint file raised as ``Type: message`` on one line (``error_line``; no secrets in it)."""
+    return error_line(err, secrets=[], limit=MAX_CAUSE_LENGTH)

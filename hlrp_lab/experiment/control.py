@@ -36,8 +36,7 @@ from hlrp_lab.experiment.results import (
 from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.logger import setup_logger
-from hlrp_lab.lib.runs import experiment_table_path
-from hlrp_lab.lib.scrub import mask_spec_file
+from hlrp_lab.lib.runs import experiment_table_path, write_spec
 from hlrp_lab.lib.util import atomic_write, write_json
 from hlrp_lab.spec.check import check_spec
 
@@ -179,9 +178,8 @@ class Trial:
 
         ``on_eval(step, row)`` hears the mean over sessions of every evaluation, in this process.
         """
-        write_json(
-            self.run_dir / "info" / f"{self.prefix}_spec.json",
-            mask_spec_file({self.spec["meta"]["spec_name"]: self.spec}),
+        write_spec(
+            self.run_dir / "info" / f"{self.prefix}_spec.json", self.spec["meta"]["spec_name"], self.spec
         )
         self.stage_cls.prepare(self.spec)
         means = None if on_eval is None else EvalMeans(self.spec["meta"]["max_session"], on_eval)
@@ -254,7 +252,8 @@ class Experiment:
 
     def search(self, keep: int = 3) -> pd.DataFrame:
         """Run the search; write the table, the best spec and the graphs; keep the best ``keep`` trials'
-        model files (-1: all). Raises RunError, after writing them, if the search was interrupted."""
+        model files (-1: all). Raises RunError, after writing them, if the search was interrupted. The data is
+        prepared by the caller (the lab), once, before the trials start."""
         from hlrp_lab.experiment.search import run_search
 
         outcome = run_search(self.spec)
@@ -288,9 +287,7 @@ class Experiment:
         """The best trial as a spec of its own: trial 0 with the same session seeds, no search block."""
         spec = check_spec(record.spec)
         spec["meta"].update(trial=0, random_seed=spec["meta"]["random_seed"] + 1000 * record.trial)
-        write_json(
-            self.run_dir / "info" / f"{self.spec_name}_best_spec.json", mask_spec_file({self.spec_name: spec})
-        )
+        write_spec(self.run_dir / "info" / f"{self.spec_name}_best_spec.json", self.spec_name, spec)
         logger.info(
             f"best trial: {record.trial} ({self.stage_cls.metric} {record.metrics[self.stage_cls.metric]:.4g})"
         )

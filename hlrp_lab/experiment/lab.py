@@ -22,9 +22,9 @@ from hlrp_lab.lib.runs import (
     recorded_status,
     resolve_reference,
     saved_spec_path,
+    write_spec,
 )
-from hlrp_lab.lib.scrub import mask_spec_file
-from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp, write_json
+from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
     Mode,
@@ -59,7 +59,7 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     meta.update(experiment_ts=ts, git_sha=git_sha())
     if meta["random_seed"] is None:
         meta["random_seed"] = secrets.randbelow(2**31)
-    save_spec(run_dir, spec_name, spec)
+    write_spec(saved_spec_path(run_dir, spec_name), spec_name, spec)
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
     with recorded_status(run_dir):
@@ -68,11 +68,6 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
         else:
             Trial(spec).run()
     return run_dir
-
-
-def save_spec(run_dir: Path, spec_name: str, spec: dict) -> None:
-    """``info/{spec_name}_spec.json``, secret-named values masked (a run directory is shared as it is)."""
-    write_json(saved_spec_path(run_dir, spec_name), mask_spec_file({spec_name: spec}))
 
 
 def pin_references(node: Any, key: str = "") -> Any:
@@ -110,7 +105,7 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
         Trial(spec).run()
     if sets:  # only once they worked: a failed override must not stick to the run
         pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
-        save_spec(run_dir, spec_name, spec)
+        write_spec(saved_spec_path(run_dir, spec_name), spec_name, spec)
     return run_dir
 
 

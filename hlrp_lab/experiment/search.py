@@ -18,7 +18,7 @@ from typing import Any
 from hlrp_lab.components.registry import STAGES
 from hlrp_lab.experiment.results import COMPLETED, FAILED, INTERRUPTED, STOPPED_EARLY, TrialRecord
 from hlrp_lab.experiment.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
-from hlrp_lab.lib.errors import RunError
+from hlrp_lab.lib.errors import RunError, first_line
 
 # Set before Ray is imported (an environment variable already set wins): no usage statistics; trials keep
 # the lab's working directory; under `uv run`, Ray does not package the lab and build a virtual environment
@@ -174,9 +174,8 @@ def join_error(address: str, error: BaseException) -> str:
             "run with RAY_AUTH_MODE=token and the head's token (its ~/.ray/auth_token copied to this "
             "machine's ~/.ray/auth_token, or RAY_AUTH_TOKEN=<token>); see docs/SEARCH.md"
         )
-    last = str(chain[-1]).strip().partition("\n")[0]
     return (
-        f"RAY_ADDRESS={address}: cannot join the Ray cluster ({type(chain[-1]).__name__}: {last}); check "
+        f"RAY_ADDRESS={address}: cannot join the Ray cluster ({first_line(chain[-1])}); check "
         f"that `ray status --address {address}` works here, or unset RAY_ADDRESS to run on this machine"
     )
 
@@ -264,6 +263,4 @@ def trial_record(spec: dict, keys: list[SearchKey], result: Any, ended: set[str]
 
 def error_summary(error: BaseException) -> str:
     """``Type: first line of the message`` of what a trial raised (Ray wraps it: its ``cause``)."""
-    cause = getattr(error, "cause", None) or error
-    first_line = str(cause).strip().partition("\n")[0]
-    return f"{type(cause).__name__}: {first_line}" if first_line else type(cause).__name__
+    return first_line(getattr(error, "cause", None) or error)

@@ -15,3 +15,9 @@ class NonFiniteLossError(RunError):
 
 class CheckpointError(RunError):
     """A checkpoint is missing or inconsistent."""
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of ``err`` (just ``Type`` when it has no message)."""
+    line = str(err).strip().partition("\n")[0]
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__

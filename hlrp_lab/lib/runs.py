@@ -11,8 +11,8 @@ from typing import Any
 
 from loguru import logger
 
-from hlrp_lab.lib.errors import SpecError
-from hlrp_lab.lib.scrub import scrub_text, secret_values
+from hlrp_lab.lib.errors import SpecError, first_line
+from hlrp_lab.lib.scrub import mask_spec_file, scrub_text, secret_values
 from hlrp_lab.lib.util import write_json
 
 DATA_ROOT = Path("data")
@@ -26,6 +26,12 @@ LATEST, LATEST_DEV = "latest:", "latest-dev:"
 def saved_spec_path(run_dir: Path, spec_name: str) -> Path:
     """The resolved spec a run saved: ``info/{spec_name}_spec.json``."""
     return run_dir / "info" / f"{spec_name}_spec.json"
+
+
+def write_spec(path: Path, spec_name: str, spec: dict) -> None:
+    """Save ``{spec_name: spec}`` as a spec file, secret-named values masked (a run directory is shared as it
+    is): the run's spec, a trial's, a search's best."""
+    write_json(path, mask_spec_file({spec_name: spec}))
 
 
 def run_dir_spec_name(name: str) -> str | None:
@@ -64,11 +70,7 @@ def recorded_status(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        error = scrub_text(
-            f"{type(err).__name__}: {message}" if message else type(err).__name__, secret_values()
-        )
-        write_status(run_dir, FAILED, error)
+        write_status(run_dir, FAILED, scrub_text(first_line(err), secret_values()))
         raise
     write_status(run_dir, COMPLETED)
 
