@@ -99,6 +99,7 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
     if plain:
         raise SpecError(f"-s {plain[0]}: a resumed run uses its saved spec; only dotted keys can override it")
     spec = load_run_spec(run_dir, spec_name, sets)
+    STAGES.get(spec["stage"], "stage").prepare_data(spec)
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name}: resuming {run_dir}")
     with recorded_status(run_dir):

@@ -24,14 +24,13 @@ class Stage(ABC):
 
     @classmethod
     def prepare_data(cls, spec: dict) -> None:
-        """Make or check the data (e.g. write data shards), in the main process: once per search before its
-        trials start, so that parallel trials find it ready, and in ``prepare``."""
+        """Make or check the data (e.g. write data shards), in the main process, once per run: the lab calls it
+        before the run directory exists (and before a search's trials start, so that they find it ready)."""
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
-        """Once per trial, in the main process, before any session starts: the data, then anything of the
-        trial's own (e.g. its tokenizer)."""
-        cls.prepare_data(spec)
+        """Once per trial, in the main process, before any session starts: anything of the trial's own (e.g.
+        its tokenizer); the data is ready (``prepare_data``)."""
 
     @classmethod
     @abstractmethod

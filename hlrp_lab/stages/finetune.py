@@ -126,7 +126,6 @@ class FinetuneStage(VLAStage):
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
-        cls.prepare_data(spec)
         prepare_tokenizer(spec, data_urls(spec["data"]), foundation_reference(spec))
 
     @classmethod

@@ -81,7 +81,6 @@ class FoundationStage(VLAStage):
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
-        cls.prepare_data(spec)
         prepare_tokenizer(spec, data_urls(spec["data"]))
 
     @classmethod
