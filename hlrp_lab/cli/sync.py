@@ -1,6 +1,8 @@
 """``hlrp-lab push``, ``pull`` and ``list``: runs' result tables in the Hub dataset repo ``HF_REPO``."""
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,21 +29,29 @@ def push(
 
 def upload(run_dir: Path, models: bool) -> None:
     """Upload ``run_dir``; a failure leaves local results alone and names the command that retries."""
-    from hlrp_lab.lib.hub import env_settings, hub_target, upload_run
-    from hlrp_lab.lib.scrub import error_line, secret_values
+    from hlrp_lab.lib.hub import hub_target, upload_run
 
     target = hub_target()
-    try:
+    retry = ["hlrp-lab", "push", str(run_dir), *(["--upload-models"] if models else [])]
+    with hub_failure(f"upload of {run_dir} to {target.repo}", "the local results are intact", retry):
         url = upload_run(run_dir, target, models)
+    typer.echo(f"uploaded {run_dir} to {url}")
+
+
+@contextmanager
+def hub_failure(action: str, outcome: str, retry: list[str]) -> Iterator[None]:
+    """Whatever fails underneath (network, Hub, disk) becomes one RunError: ``action failed (Type: message);
+    outcome; retry with: RETRY``, secret values masked. The lab's own errors pass through as they are."""
+    from hlrp_lab.lib.hub import env_settings
+    from hlrp_lab.lib.scrub import error_line, secret_values
+
+    try:
+        yield
     except (SpecError, RunError):
         raise
     except Exception as err:  # noqa: BLE001 - network, Hub or disk: whatever failed, say how to retry
-        retry = shlex.join(["hlrp-lab", "push", str(run_dir), *(["--upload-models"] if models else [])])
-        raise RunError(
-            f"upload of {run_dir} to {target.repo} failed ({error_line(err, secret_values(env_settings()))}); "
-            f"the local results are intact; retry with: {retry}"
-        ) from None
-    typer.echo(f"uploaded {run_dir} to {url}")
+        cause = error_line(err, secret_values(env_settings()))
+        raise RunError(f"{action} failed ({cause}); {outcome}; retry with: {shlex.join(retry)}") from None
 
 
 def pull(
@@ -68,19 +78,11 @@ def pull(
 
 def download(target: "HubTarget", runs: list[str], pattern: str) -> list[str]:
     """``pull_runs`` into data/; a failure names the command that retries (a run cut short left nothing)."""
-    from hlrp_lab.lib.hub import env_settings, pull_runs
-    from hlrp_lab.lib.scrub import error_line, secret_values
+    from hlrp_lab.lib.hub import pull_runs
 
-    try:
+    outcome = "runs pulled so far are complete, the one cut short left nothing"
+    with hub_failure(f"pull from {target.repo}", outcome, ["hlrp-lab", "pull", pattern]):
         return pull_runs(target, runs, DATA_ROOT)
-    except (SpecError, RunError):
-        raise
-    except Exception as err:  # noqa: BLE001 - network, Hub or disk: whatever failed, say how to retry
-        retry = shlex.join(["hlrp-lab", "pull", pattern])
-        raise RunError(
-            f"pull from {target.repo} failed ({error_line(err, secret_values(env_settings()))}); runs pulled "
-            f"so far are complete, the one cut short left nothing; retry with: {retry}"
-        ) from None
 
 
 def list_runs(
