@@ -18,12 +18,12 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from hlrp_lab.components.registry import STAGES
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.experiment.search import init_ray
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import Mode, parse_sets, resolve_spec
+from hlrp_lab.stages import STAGES
 
 SPEC_FILE = Path(__file__).parents[1] / "specs" / "laq.json"
 SMOKE = [  # -s settings of --smoke; yours come after them and win

@@ -18,13 +18,13 @@ from typing import ClassVar
 import torch
 from torch.nn import functional as F
 
-from hlrp_lab.components.registry import STAGES
 from hlrp_lab.data.pairs import FramePairs, batch_indices, to_float
 from hlrp_lab.data.sources.procedural import ProceduralConfig, generate_episodes
 from hlrp_lab.experiment.control import Session
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.check import check_spec
+from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.laq import LAQStage
 
 SPEC_FILE = Path(__file__).parents[1] / "specs" / "laq.json"

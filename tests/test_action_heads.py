@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hlrp_lab.components.registry import ACTION_HEADS
+from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.lib.errors import SpecError
 
 BATCH, FEATURES, CHUNK, ACTIONS = 16, 32, 4, 4

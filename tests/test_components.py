@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from hlrp_lab.components.registry import DECODERS, ENCODERS, QUANTIZERS
+from hlrp_lab.components.decoder import DECODERS
+from hlrp_lab.components.encoder import ENCODERS
+from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.lib.errors import SpecError
 
 SIZE, CHANNELS, TOKENS, LATENT = 32, 3, 4, 16

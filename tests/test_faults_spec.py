@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
-from hlrp_lab.components.registry import validate_model
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.registry import validate_model
 from hlrp_lab.spec.check import check_spec, check_unresolved
 from hlrp_lab.spec.schema import LAB_KEYS, Spec
 from hlrp_lab.spec.spec_util import (

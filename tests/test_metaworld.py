@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
-from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.episode import Episode
 from hlrp_lab.data.shards import read_episodes, read_manifest, shard_urls, verify_shards
+from hlrp_lab.data.sources import DATA_SOURCES
 from hlrp_lab.data.sources.metaworld import TASK_DESCRIPTIONS, TASK_SETS, MetaWorldConfig, MetaWorldSource
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib.errors import RunError, SpecError

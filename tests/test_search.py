@@ -19,7 +19,7 @@ from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.experiment.results import keep_models
 from hlrp_lab.experiment.search import error_summary, set_ray_defaults
-from hlrp_lab.experiment.search_space import SAMPLERS, apply_sample
+from hlrp_lab.spec.search_space import SAMPLERS, apply_sample
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.check import check_spec

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.experiment.build import dry_build
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
     override_mode,
@@ -123,7 +124,7 @@ def test_check_spec_errors_name_the_key(path, value, message):
 
     spec = pydash.set_(base_spec(), path, value)
     with pytest.raises(SpecError, match=message):
-        check_spec(spec)
+        dry_build(check_spec(spec))  # the optimizer and the model's sizes are checked by the dry build
 
 
 def test_missing_component_family_lists_choices():

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
-from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.shards import read_episodes, read_manifest, shard_urls, verify_shards
+from hlrp_lab.data.sources import DATA_SOURCES
 from hlrp_lab.data.sources.videos import VideosConfig, VideoSource
 from hlrp_lab.lib.errors import SpecError
 

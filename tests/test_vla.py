@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from hlrp_lab.components.registry import LATENT_HEADS, VLAS
+from hlrp_lab.components.latent_head import LATENT_HEADS
+from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.tokenizer import (
     load_tokenizer,
     local_tokenizer,
@@ -121,7 +122,7 @@ def test_code_queries_map_hidden_states_to_codebook_logits():
     block = {"name": "CodeQueries", "num_tokens": 3, "codebook_size": 5}
     head = LATENT_HEADS.build(block, "model.latent_head", hidden_size=16)
     assert head(torch.randn(2, 3, 16)).shape == (2, 3, 5)
-    assert head.query_tokens(head.Config(num_tokens=3)) == ["<latent_0>", "<latent_1>", "<latent_2>"]
+    assert head.Config(num_tokens=3).query_tokens() == ["<latent_0>", "<latent_1>", "<latent_2>"]
 
 
 @pytest.mark.parametrize(("name", "size", "fit"), [("SmolVLM", 40, 48), ("Qwen2VL", 72, 80)])

@@ -92,13 +92,25 @@ def spec_check(
     spec_files: Annotated[
         list[Path] | None, typer.Argument(help="Spec files (default: specs/*.json)")
     ] = None,
+    build: Annotated[
+        bool,
+        typer.Option(
+            "--build",
+            help="Also build each model on the meta device and check the optimizer (imports torch; "
+            "`run` always does this before it starts)",
+        ),
+    ] = False,
 ) -> None:
-    """Validate every spec in the given files; keys holding an unset ${var} are checked at run time."""
+    """Validate every spec in the given files without torch; keys holding an unset ${var} are checked at run
+    time."""
     from hlrp_lab.lib.names import check_name
     from hlrp_lab.spec.spec_util import read_spec_file, spec_variables
 
     with cli_errors():
         from hlrp_lab.spec.check import check_unresolved
+
+        if build:
+            from hlrp_lab.experiment.build import dry_build
 
     files = spec_files or sorted(Path("specs").glob("*.json"))
     if not files:
@@ -115,7 +127,9 @@ def spec_check(
         for name, spec in specs.items():
             try:
                 check_name(name, "spec name")
-                check_unresolved(spec)
+                checked = check_unresolved(spec)
+                if build:
+                    dry_build(checked)
             except SpecError as err:
                 typer.echo(f"FAIL {spec_file} {name}: {err}")
                 failures += 1

@@ -5,14 +5,12 @@ when the training dependencies are installed, in a child process (``hlrp-lab spe
 command stays light and gives the errors ``run`` would give.
 """
 
-import importlib.util
 import itertools
 import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -161,27 +159,14 @@ def check_run_references(spec: dict) -> None:
 
 
 def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> None:
-    """The checks of ``run`` before launch: framework keys here, components in a child process if possible."""
-    from hlrp_lab.components.registry import validate_model
-    from hlrp_lab.experiment.search_space import check_search_mode, parse_search
-    from hlrp_lab.spec.schema import Spec
+    """The checks of ``run`` before launch that need no torch: every key, component and search entry."""
+    from hlrp_lab.spec.check import check_spec
+    from hlrp_lab.spec.search_space import check_search_mode
     from hlrp_lab.spec.spec_util import parse_sets, resolve_spec
 
-    spec = validate_model(Spec, resolve_spec(spec_file, spec_name, parse_sets(sets)), "").model_dump()
-    parse_search(spec["search"])
+    spec = check_spec(resolve_spec(spec_file, spec_name, parse_sets(sets)))
     check_run_references(spec)
     check_search_mode(spec, spec_name, mode)
-    if importlib.util.find_spec("torch") is None:
-        return  # the orchestration-only install: components are checked on the remote machine
-    set_args = [arg for value in sets for arg in ("-s", value)]
-    child = subprocess.run(
-        [sys.executable, "-m", "hlrp_lab", "spec", "show", str(spec_file), spec_name, *set_args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if child.returncode != 0:
-        raise SpecError(child.stderr.strip().removeprefix("error: "))
 
 
 def dstack_config(gpu: bool, mode: str) -> Path:

@@ -6,7 +6,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.pairs import scene_position
 from hlrp_lab.data.shards import (
     REMOTE_PREFIXES,
@@ -18,6 +17,7 @@ from hlrp_lab.data.shards import (
     shard_urls,
     write_shards,
 )
+from hlrp_lab.data.sources import DATA_SOURCES
 from hlrp_lab.lib.errors import RunError, SpecError
 
 

@@ -59,9 +59,7 @@ def train_scene_pairs(data: dict, seed: int) -> Callable[[Iterable[Sample]], Ite
             pairs = (
                 []
                 if is_val_scene(episode.scene, data["val_split"])
-                else sample_pairs(
-                    episode, data["offsets"], data["pairs_per_scene"], rng, data["action_chunk"]
-                )
+                else sample_pairs(episode, data["offsets"], data["pairs_per_scene"], rng, action_chunk(data))
             )
             barren = 0 if pairs else barren + 1
             if barren > MAX_BARREN_INPUTS:
@@ -104,6 +102,11 @@ def scene_stream(urls: list[str], data: dict, seed: int) -> wds.DataPipeline:
 def keep_numpy(batch: Sample) -> Sample:
     """DataLoader collate_fn: pass the batch through as numpy (see ``pairs.collate``)."""
     return batch
+
+
+def action_chunk(data: dict) -> int:
+    """Actions per pair's target: ``data.action_chunk`` where the stage declares it (finetune), else 1."""
+    return data.get("action_chunk", 1)
 
 
 class WidePipeContext(ForkContext):
@@ -178,7 +181,7 @@ class HeldOutPairs:
             if len(target) < count:
                 per_scene = min(VAL_PAIRS_PER_SCENE, count - len(target))
                 pairs = sample_pairs(
-                    episode, data["offsets"], per_scene, scene_rng(episode.scene), data["action_chunk"]
+                    episode, data["offsets"], per_scene, scene_rng(episode.scene), action_chunk(data)
                 )
                 if held_out:
                     self.val.extend(map(owned, pairs))
@@ -253,7 +256,7 @@ class FrameData:
         if not train:
             raise RunError("data: no training scenes; lower data.val_split or add scenes")
         pairs = FramePairs(
-            train, self.data["offsets"], self.data["max_samples"], chunk=self.data["action_chunk"]
+            train, self.data["offsets"], self.data["max_samples"], chunk=action_chunk(self.data)
         )
         logger.info(f"data: {len(pairs)} training pairs from {len(train)} scenes (pair level)")
         self.train_episodes = train

@@ -16,7 +16,6 @@ import pydash
 import torch
 from loguru import logger
 
-from hlrp_lab.components.registry import STAGES
 from hlrp_lab.experiment.analysis import (
     aggregate_sessions,
     save_experiment_graphs,
@@ -34,11 +33,13 @@ from hlrp_lab.experiment.results import (
     save_table,
 )
 from hlrp_lab.lib.cpus import available_cpus
+from hlrp_lab.lib.device import pick_device
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.runs import experiment_table_path, write_spec
 from hlrp_lab.lib.util import atomic_write, write_json
 from hlrp_lab.spec.check import check_spec
+from hlrp_lab.stages import STAGES
 
 SessionEval = Callable[[int, int, dict[str, float]], None]  # (session, step, evaluation row)
 
@@ -59,12 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class Session:

@@ -7,10 +7,9 @@ from typing import Any
 import pydash
 from loguru import logger
 
-from hlrp_lab.components.registry import STAGES
+from hlrp_lab.experiment.build import dry_build
 from hlrp_lab.experiment.control import Experiment, Trial
 from hlrp_lab.experiment.search import check_ray_address
-from hlrp_lab.experiment.search_space import check_search_mode
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.names import check_name
@@ -26,6 +25,7 @@ from hlrp_lab.lib.runs import (
 )
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp
 from hlrp_lab.spec.check import check_spec
+from hlrp_lab.spec.search_space import check_search_mode
 from hlrp_lab.spec.spec_util import (
     Mode,
     apply_overrides,
@@ -34,6 +34,7 @@ from hlrp_lab.spec.spec_util import (
     resolve_spec,
     select_spec,
 )
+from hlrp_lab.stages import STAGES
 
 
 def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int = 3) -> Path:
@@ -45,7 +46,7 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
         return evaluate_run(mode.run_dir or latest_run_dir(spec_name), spec_name)
     if mode.resume:
         return resume_run(mode.run_dir, spec_name, sets)
-    spec = override_mode(check_spec(resolve_spec(spec_file, spec_name, sets)), mode.name)
+    spec = override_mode(dry_build(check_spec(resolve_spec(spec_file, spec_name, sets))), mode.name)
     setup_logger()  # the console, until the run directory exists
     spec = pin_references(spec)
     check_search_mode(spec, spec_name, mode.name)
@@ -113,7 +114,7 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
 def evaluate_run(run_dir: Path, spec_name: str) -> Path:
     """``eval``: evaluate the best checkpoint of every session of a run."""
     spec = load_run_spec(run_dir, spec_name)
-    spec["train"]["eval_rollouts"] = spec["rollout"]["episodes"]  # closed loop, where the stage has it
+    spec = STAGES.config_class(spec["stage"], "stage").eval_mode(spec)
     setup_logger(run_dir / "log" / f"{spec_name}.log")
     logger.info(f"{spec_name} eval: best checkpoints of {run_dir}")
     Trial(spec).evaluate()

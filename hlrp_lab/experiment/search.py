@@ -15,10 +15,10 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from hlrp_lab.components.registry import STAGES
 from hlrp_lab.experiment.results import COMPLETED, FAILED, INTERRUPTED, STOPPED_EARLY, TrialRecord
-from hlrp_lab.experiment.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
 from hlrp_lab.lib.errors import RunError, first_line
+from hlrp_lab.spec.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
+from hlrp_lab.stages import STAGES
 
 # Set before Ray is imported (an environment variable already set wins): no usage statistics; trials keep
 # the lab's working directory; under `uv run`, Ray does not package the lab and build a virtual environment

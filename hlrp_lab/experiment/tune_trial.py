@@ -9,8 +9,8 @@ from ray import tune
 from ray.tune.experiment import Trial as TuneTrial
 
 from hlrp_lab.experiment.loop import format_metrics
-from hlrp_lab.experiment.search_space import SearchKey, trial_spec
 from hlrp_lab.lib.logger import setup_logger
+from hlrp_lab.spec.search_space import SearchKey, trial_spec
 
 
 def trial_index(trial_name: str) -> int:

@@ -9,8 +9,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry
+from hlrp_lab.data.sources import DATA_SOURCES
+from hlrp_lab.lib.registry import Registry
 from hlrp_lab.spec.schema import SECTIONS, Spec
+from hlrp_lab.stages import STAGES
 
 START, END = "<!-- spec-keys:start -->", "<!-- spec-keys:end -->"
 BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
@@ -60,8 +62,23 @@ def registry_tables(registry: Registry, key: str) -> list[str]:
     parts = []
     for name in registry.names():
         cls: Any = registry.get(name, key)
+        config = registry.config_class(name, key)
         parts.append(f"### `{key}`: `{name}`\n\n{(cls.__doc__ or '').strip().splitlines()[0]}\n")
-        parts.append(table(cls.Config, f"{key}.") if cls.Config.model_fields else "No keys besides `name`.")
+        parts.append(table(config, f"{key}.") if config.model_fields else "No keys besides `name`.")
+    return parts
+
+
+def stage_tables() -> list[str]:
+    """The keys each stage adds to a section (``train.init_from``) or as a section of its own (``rollout``)."""
+    parts = []
+    for name in STAGES.names():
+        for section, model in STAGES.config_class(name, "stage").sections.items():
+            where = "adds to" if section in SECTIONS else "has the section"
+            parts += [
+                f"### `{name}` {where} `{section}`",
+                (model.__doc__ or "").strip(),
+                table(model, f"{section}."),
+            ]
     return parts
 
 
@@ -71,12 +88,13 @@ def spec_keys_markdown() -> str:
     for section, model in SECTIONS.items():
         parts += [f"## `{section}`", (model.__doc__ or "").strip(), table(model, f"{section}.")]
     parts.append(f"## Stages\n\n`stage` is one of: {', '.join(f'`{n}`' for n in STAGES.names())}.")
+    parts += stage_tables()
     parts.append("## Data sources")
     parts += registry_tables(DATA_SOURCES, "data.source")
     parts.append("## Components")
     families: dict[str, Registry] = {}
     for stage in STAGES.names():
-        for family, registry in STAGES.get(stage, "stage").families.items():
+        for family, registry in STAGES.config_class(stage, "stage").families.items():
             families.setdefault(f"model.{family}", registry)
     for key, registry in families.items():
         parts += registry_tables(registry, key)

@@ -1,8 +1,11 @@
 """The framework's spec keys: types, defaults and meaning (docs/SPECS.md is checked against these).
 
-Component blocks (``model.*``, ``data.source``) are validated by the Config of the class they name.
+Component blocks (``model.*``, ``data.source``) are validated by the config of the class they name; the keys a
+stage adds (``train.init_from``, ``rollout``, ...) are declared by the stage (``stages/config.py``) and merged
+in by ``spec_model``.
 """
 
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import (
@@ -13,12 +16,12 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    create_model,
     model_validator,
 )
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from hlrp_lab.lib.registry import Strict
+from hlrp_lab.stages.config import StageConfig
 
 
 class DataSpec(Strict):
@@ -68,11 +71,6 @@ class DataSpec(Strict):
         description="Pair level: train on the first max_episodes episodes of each task (in shard order), e.g. "
         "a few labelled demonstrations for finetuning; null: all.",
     )
-    action_chunk: PositiveInt = Field(
-        1,
-        description="Finetune: actions t .. t+action_chunk-1 are the target of frame t (padded with the "
-        "episode's last action).",
-    )
     cache_dir: str = Field("data/cache", description="Where `source` shards are written and reused.")
 
     @model_validator(mode="after")
@@ -115,30 +113,6 @@ class TrainSpec(Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     dev_max_step: PositiveInt = Field(300, description="`dev` mode caps max_step at this value.")
-    init_from: str | None = Field(
-        None,
-        description="Start from the weights of an earlier run: a run directory, a .safetensors file, or "
-        "latest:<spec_name> (the newest run of that spec under data/). Finetune: a foundation run; null "
-        "trains from scratch.",
-    )
-    eval_rollouts: NonNegativeInt = Field(
-        0,
-        description="Finetune on Meta-World data: closed-loop episodes per task at each evaluation (0: none; "
-        "`eval` mode uses rollout.episodes). Settings in `rollout`.",
-    )
-
-
-class RolloutSpec(Strict):
-    """Closed-loop evaluation in Meta-World (finetune stage), with the camera and image size of the data."""
-
-    episodes: PositiveInt = Field(10, description="`eval` mode: episodes per task, with fixed seeds.")
-    max_steps: PositiveInt = Field(150, description="Steps per episode at most; an episode ends at success.")
-    seed: NonNegativeInt = Field(
-        1000, description="Evaluation seed: episode i of a task gets a seed from (seed, task, i)."
-    )
-    workers: PositiveInt = Field(2, description="Simulator processes stepping episodes in parallel.")
-    videos: NonNegativeInt = Field(2, description="Episodes saved as mp4 in graph/.")
-    tasks: list[str] | None = Field(None, description="Tasks to evaluate; null: every task in the data.")
 
 
 class SearchScheduler(Strict):
@@ -194,9 +168,6 @@ class Spec(Strict):
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimizer and learning-rate schedule.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="The training loop.")
     meta: MetaSpec = Field(default_factory=MetaSpec, description="Sessions, trials, seeds, run bookkeeping.")
-    rollout: RolloutSpec = Field(
-        default_factory=RolloutSpec, description="Closed-loop evaluation in simulation (finetune)."
-    )
     search: dict[str, Any] = Field(
         default_factory=dict,
         description="Search mode: `dotted.spec.path__sampler` -> the sampler's arguments, e.g. "
@@ -209,7 +180,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "optim": OptimSpec,
     "train": TrainSpec,
     "meta": MetaSpec,
-    "rollout": RolloutSpec,
 }
 
 # The meta keys the lab sets itself when a run starts (described as "Set by the lab"): `-s` cannot set them,
@@ -219,3 +189,22 @@ LAB_KEYS: tuple[str, ...] = tuple(
     for name, field in MetaSpec.model_fields.items()
     if (field.description or "").startswith("Set by the lab")
 )
+
+
+@cache
+def spec_model(stage: type[StageConfig]) -> type[Spec]:
+    """The schema of a ``stage`` spec: the framework's sections with the stage's keys merged in, and the
+    stage's own sections."""
+    fields: dict[str, Any] = {}
+    for name, section in stage.sections.items():
+        framework = SECTIONS.get(name)
+        if framework is None:
+            fields[name] = (section, Field(default_factory=section, description=section.__doc__))
+            continue
+        merged = create_model(f"{stage.__name__}{framework.__name__}", __base__=(section, framework))
+        field = Spec.model_fields[name]
+        if field.is_required():
+            fields[name] = (merged, Field(description=field.description))
+        else:
+            fields[name] = (merged, Field(default_factory=merged, description=field.description))
+    return create_model(f"{stage.__name__}Spec", __base__=Spec, **fields)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pydash
 
-from hlrp_lab.components.registry import printable
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.names import check_name
+from hlrp_lab.lib.registry import printable
 from hlrp_lab.spec.schema import LAB_KEYS
 
 VAR_PATTERN = re.compile(r"\$\{(\w+)\}")

@@ -4,9 +4,12 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 import torch
+from loguru import logger
 from torch import nn
 
-from hlrp_lab.components.registry import Registry
+from hlrp_lab.data.dataset import check_data, data_urls
+from hlrp_lab.lib.registry import Registry
+from hlrp_lab.stages.config import StageConfig
 
 
 class Stage(ABC):
@@ -15,17 +18,30 @@ class Stage(ABC):
     A stage knows nothing about sessions, trials or checkpoints; the loop knows nothing about the stage.
     """
 
-    families: ClassVar[dict[str, Registry]]  # component families of spec["model"]
-    metric: ClassVar[str]  # picks the `best` checkpoint (and is what a search optimizes)
+    Config: ClassVar[type[StageConfig]]  # the torch-free half: families, metric, the spec keys it adds
+    families: ClassVar[dict[str, Registry]]  # the rest are Config's, copied for the loop and the trial
+    metric: ClassVar[str]
     metric_mode: ClassVar[Literal["max", "min"]]
-    graph_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # curves drawn in graph/
+    graph_metrics: ClassVar[tuple[str, ...]]
 
     model: nn.Module
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "Config" in vars(cls):
+            config = cls.Config
+            cls.families, cls.metric, cls.metric_mode = config.families, config.metric, config.metric_mode
+            cls.graph_metrics = config.graph_metrics
+
     @classmethod
-    def prepare_data(cls, spec: dict) -> None:
+    def prepare_data(cls, spec: dict) -> list[str]:
         """Make or check the data (e.g. write data shards), in the main process, once per run: the lab calls it
-        before the run directory exists (and before a search's trials start, so that they find it ready)."""
+        before the run directory exists (and before a search's trials start, so that they find it ready).
+        Returns the shard URLs; a stage that checks more calls this first."""
+        urls = data_urls(spec["data"])
+        check_data(urls, spec["data"])
+        logger.info(f"data: {len(urls)} shards, first {urls[0]}")
+        return urls
 
     @classmethod
     def prepare(cls, spec: dict) -> None:

@@ -9,7 +9,7 @@ mean squared error of the normalised actions on held-out scenes, against predict
 With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in Meta-World.
 """
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,13 +18,14 @@ from safetensors.torch import load_model
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hlrp_lab.components.registry import ACTION_HEADS, LATENT_HEADS, STAGES, VLAS, Registry
-from hlrp_lab.data.dataset import check_data, data_urls
+from hlrp_lab.components.action_head import ACTION_HEADS
+from hlrp_lab.data.dataset import data_urls
 from hlrp_lab.data.loader import FrameData
-from hlrp_lab.data.pairs import to_float
 from hlrp_lab.data.shards import manifest_of
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
+from hlrp_lab.stages import STAGES
+from hlrp_lab.stages.config import FinetuneConfig
 from hlrp_lab.stages.rollouts import Rollouts
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
@@ -99,19 +100,12 @@ def no_actions(data: dict) -> str:
 
 @STAGES.register_as("finetune")
 class FinetuneStage(VLAStage):
-    families: ClassVar[dict[str, Registry]] = {
-        "vla": VLAS,
-        "latent_head": LATENT_HEADS,
-        "action_head": ACTION_HEADS,
-    }
-    metric = "val_action_mse"
-    metric_mode = "min"
-    graph_metrics = ("loss", "val_action_mse", "mean_action_mse", "success_rate")
+    Config = FinetuneConfig
+    target = "action_chunk"
 
     @classmethod
-    def prepare_data(cls, spec: dict) -> None:
-        urls = data_urls(spec["data"])
-        check_data(urls, spec["data"])
+    def prepare_data(cls, spec: dict) -> list[str]:
+        urls = super().prepare_data(spec)
         manifest = manifest_of(urls)
         if manifest is not None and "actions.npy" not in manifest.get("keys", {}):
             raise SpecError(no_actions(spec["data"]))
@@ -123,6 +117,7 @@ class FinetuneStage(VLAStage):
                 f"train.init_from: {reference.run_dir} has no tokenizer {reference_tokenizer_dir(reference).name}/ "
                 "(removed with its trial's models?); name a run that kept it"
             )
+        return urls
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
@@ -170,11 +165,6 @@ class FinetuneStage(VLAStage):
         if self.data.data["pairs"] == "pair":
             return np.concatenate([e.actions for e in self.data.train_episodes])
         return self.data.probe["action_chunk"][:, 0]
-
-    def train_batch(self, index: int) -> dict[str, Any]:
-        batch = self.data.train_batch(index)
-        moved = to_float({"frame_t": batch["frame_t"], "action_chunk": batch["action_chunk"]}, self.device)
-        return {**moved, "instruction": batch["instruction"]}
 
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.model.loss(batch["frame_t"], batch["instruction"], batch["action_chunk"]), {}

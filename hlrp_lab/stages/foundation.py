@@ -7,7 +7,7 @@ among training pairs).
 """
 
 from collections import Counter
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,11 +15,11 @@ from loguru import logger
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerBase
 
-from hlrp_lab.components.registry import LATENT_HEADS, STAGES, VLAS, Registry
-from hlrp_lab.data.dataset import check_data, data_urls
+from hlrp_lab.data.dataset import data_urls
 from hlrp_lab.data.loader import FrameData
-from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.stages import STAGES
+from hlrp_lab.stages.config import FoundationConfig
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
     VLAStage,
@@ -68,16 +68,14 @@ def majority_baseline(train_codes: np.ndarray, val_codes: np.ndarray) -> dict[st
 
 @STAGES.register_as("foundation")
 class FoundationStage(VLAStage):
-    families: ClassVar[dict[str, Registry]] = {"vla": VLAS, "latent_head": LATENT_HEADS}
-    metric = "val_token_acc"
-    metric_mode = "max"
-    graph_metrics = ("loss", "token_acc", "val_token_acc", "val_exact_match", "majority_token_acc")
+    Config = FoundationConfig
+    target = "codes"
 
     @classmethod
-    def prepare_data(cls, spec: dict) -> None:
-        urls = data_urls(spec["data"])
-        check_data(urls, spec["data"])
+    def prepare_data(cls, spec: dict) -> list[str]:
+        urls = super().prepare_data(spec)
         check_labels(spec, urls)
+        return urls
 
     @classmethod
     def prepare(cls, spec: dict) -> None:
@@ -96,11 +94,6 @@ class FoundationStage(VLAStage):
         self.model = self.build_model(spec, run_tokenizer(spec)).to(device)
         self.baseline = majority_baseline(self.data.probe["codes"], self.data.val["codes"])
         logger.info(f"latent actions of {self.labels['laq_run']} (offset {self.labels['offset']})")
-
-    def train_batch(self, index: int) -> dict[str, Any]:
-        batch = self.data.train_batch(index)
-        moved = to_float({"frame_t": batch["frame_t"], "codes": batch["codes"]}, self.device)
-        return {**moved, "instruction": batch["instruction"]}
 
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.model(batch["frame_t"], batch["instruction"])

@@ -1,6 +1,6 @@
 """Stage 1, LAQ: a VQ-VAE over the transition frame t -> frame t+k, whose codes are latent actions."""
 
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -9,13 +9,17 @@ from safetensors.torch import load_model
 from torch import nn
 from torch.nn import functional as F
 
-from hlrp_lab.components.registry import DECODERS, ENCODERS, QUANTIZERS, STAGES, Registry
-from hlrp_lab.data.dataset import check_data, data_urls
+from hlrp_lab.components.decoder import DECODERS
+from hlrp_lab.components.encoder import ENCODERS
+from hlrp_lab.components.quantizer import QUANTIZERS
+from hlrp_lab.data.dataset import data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference
+from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.base import Stage
+from hlrp_lab.stages.config import LAQConfig
 from hlrp_lab.stages.metrics import codebook_usage, linear_probe_r2, per_image_mse, psnr
 
 CHANNELS = 3
@@ -48,20 +52,7 @@ class LatentActionModel(nn.Module):
 
 @STAGES.register_as("laq")
 class LAQStage(Stage):
-    families: ClassVar[dict[str, Registry]] = {
-        "encoder": ENCODERS,
-        "quantizer": QUANTIZERS,
-        "decoder": DECODERS,
-    }
-    metric = "val_psnr"
-    metric_mode = "max"
-    graph_metrics = ("loss", "val_psnr", "psnr_gain", "latent_gain", "perplexity", "probe_r2")
-
-    @classmethod
-    def prepare_data(cls, spec: dict) -> None:
-        urls = data_urls(spec["data"])
-        check_data(urls, spec["data"])
-        logger.info(f"data: {len(urls)} shards, first {urls[0]}")
+    Config = LAQConfig
 
     @classmethod
     def build_model(cls, spec: dict) -> LatentActionModel:

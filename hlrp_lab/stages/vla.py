@@ -9,6 +9,7 @@ latent head's query tokens added. Sessions, resumed runs, evaluation and later s
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from loguru import logger
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hlrp_lab.components.registry import LATENT_HEADS, VLAS
+from hlrp_lab.components.latent_head import LATENT_HEADS
+from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.tokenizer import (
     load_tokenizer,
     local_tokenizer,
@@ -24,6 +26,7 @@ from hlrp_lab.components.vla.tokenizer import (
     save_tokenizer,
     with_tokens,
 )
+from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.data.shards import manifest_of, raw_samples
 from hlrp_lab.lib.runs import RunReference
@@ -31,7 +34,17 @@ from hlrp_lab.stages.base import Stage
 
 
 class VLAStage(Stage):
-    """A stage whose model is built on a VLA backbone (foundation, finetune)."""
+    """A stage whose model is built on a VLA backbone (foundation, finetune): a batch is frames, their
+    instructions and the stage's ``target`` (latent codes, action chunks)."""
+
+    target: ClassVar[str]
+    data: FrameData
+    device: torch.device
+
+    def train_batch(self, index: int) -> dict[str, Any]:
+        batch = self.data.train_batch(index)
+        moved = to_float({"frame_t": batch["frame_t"], self.target: batch[self.target]}, self.device)
+        return {**moved, "instruction": batch["instruction"]}
 
     @classmethod
     def check_model(cls, spec: dict) -> None:
@@ -74,10 +87,7 @@ def in_batches(
 
 
 def query_tokens(spec: dict) -> list[str]:
-    block = spec["model"]["latent_head"]
-    return LATENT_HEADS.get(block["name"], "model.latent_head.name").query_tokens(
-        LATENT_HEADS.config(block, "model.latent_head")
-    )
+    return LATENT_HEADS.config(spec["model"]["latent_head"], "model.latent_head").query_tokens()
 
 
 def build_vla(spec: dict, tokenizer: PreTrainedTokenizerBase) -> LatentActionVLA:

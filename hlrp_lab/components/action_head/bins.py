@@ -1,11 +1,11 @@
 """Discrete action bins: each action value is classified into one of ``bins`` uniform bins (OpenVLA, LAPA)."""
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.components.action_head.base import ActionHead, mlp
-from hlrp_lab.components.registry import ACTION_HEADS
+from hlrp_lab.components.action_head.config import DiscreteBinsConfig
 
 
 @ACTION_HEADS.register
@@ -15,15 +15,9 @@ class DiscreteBins(ActionHead):
     The action tokenisation of OpenVLA (Kim et al. 2024) and LAPA (Ye et al. 2024), as a separate head.
     """
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = DiscreteBinsConfig
 
-        bins: int = Field(256, ge=2, description="Uniform bins over [-1, 1] per action dimension and step.")
-        hidden: PositiveInt | None = Field(
-            None, description="Width of one hidden GELU layer before the logits; null: a single linear layer."
-        )
-
-    def __init__(self, config: Config, *, feature_dim: int, action_dim: int, chunk: int):
+    def __init__(self, config: DiscreteBinsConfig, *, feature_dim: int, action_dim: int, chunk: int):
         super().__init__(config, feature_dim=feature_dim, action_dim=action_dim, chunk=chunk)
         self.bins = config.bins
         out_dim = chunk * action_dim * config.bins

@@ -1,15 +1,14 @@
 """Flow matching: action chunks generated from noise by integrating a learned velocity field."""
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor
 from torch.nn import functional as F
 
+from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.components.action_head.base import ActionHead, mlp
-from hlrp_lab.components.registry import ACTION_HEADS
+from hlrp_lab.components.action_head.config import FlowMatchingConfig
 
 PREDICT_SEED = 0  # the noise that predict starts from, so that evaluation is reproducible
 
@@ -29,20 +28,9 @@ class FlowMatching(ActionHead):
     target velocity a - eps, MSE loss; ``predict`` takes ``steps`` Euler steps from fixed-seed noise.
     """
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = FlowMatchingConfig
 
-        hidden: PositiveInt = Field(256, description="Width of the velocity network's hidden layers.")
-        layers: PositiveInt = Field(3, description="Hidden Linear + GELU layers of the velocity network.")
-        time_dim: int = Field(32, ge=2, multiple_of=2, description="Size of the sinusoidal time embedding.")
-        steps: PositiveInt = Field(10, description="Euler integration steps of predict.")
-        time_sampling: Literal["beta", "uniform"] = Field(
-            "beta",
-            description="Training times: beta is pi0's, tau = 0.999 (1 - Beta(1.5, 1)), "
-            "which favours the noisier times; uniform is U(0, 1).",
-        )
-
-    def __init__(self, config: Config, *, feature_dim: int, action_dim: int, chunk: int):
+    def __init__(self, config: FlowMatchingConfig, *, feature_dim: int, action_dim: int, chunk: int):
         super().__init__(config, feature_dim=feature_dim, action_dim=action_dim, chunk=chunk)
         size = chunk * action_dim
         self.net = mlp(size + config.time_dim + feature_dim, config.hidden, config.layers, size)

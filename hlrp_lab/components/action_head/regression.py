@@ -1,13 +1,11 @@
 """Direct regression of the action chunk with an MLP."""
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor
 from torch.nn import functional as F
 
+from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.components.action_head.base import ActionHead, mlp
-from hlrp_lab.components.registry import ACTION_HEADS
+from hlrp_lab.components.action_head.config import MLPRegressionConfig
 
 
 @ACTION_HEADS.register
@@ -18,14 +16,9 @@ class MLPRegression(ActionHead):
     as good as diffusion and faster.
     """
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = MLPRegressionConfig
 
-        hidden: PositiveInt = Field(256, description="Width of the hidden layers.")
-        layers: PositiveInt = Field(2, description="Hidden Linear + GELU layers before the output layer.")
-        loss: Literal["l1", "mse"] = Field("l1", description="Regression loss against the target chunk.")
-
-    def __init__(self, config: Config, *, feature_dim: int, action_dim: int, chunk: int):
+    def __init__(self, config: MLPRegressionConfig, *, feature_dim: int, action_dim: int, chunk: int):
         super().__init__(config, feature_dim=feature_dim, action_dim=action_dim, chunk=chunk)
         self.net = mlp(feature_dim, config.hidden, config.layers, chunk * action_dim)
         self.loss_fn = F.l1_loss if config.loss == "l1" else F.mse_loss

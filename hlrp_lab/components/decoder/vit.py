@@ -2,25 +2,22 @@
 
 import torch
 from einops import rearrange
-from pydantic import Field
 from torch import Tensor, nn
 
-from hlrp_lab.components.encoder.vit import ViTEncoder, learned_embedding, patch_grid
-from hlrp_lab.components.registry import DECODERS
+from hlrp_lab.components.decoder import DECODERS
+from hlrp_lab.components.decoder.config import ViTDecoderConfig
+from hlrp_lab.components.encoder.vit import learned_embedding, patch_grid
 
 
 @DECODERS.register
 class ViTDecoder(nn.Module):
     """(frame t, latent action tokens) -> predicted frame t+k, (B, C, H, W)."""
 
-    class Config(ViTEncoder.Config):
-        predict_residual: bool = Field(
-            True,
-            description="Predict frame t plus a change (starting from the copy-frame-t baseline) "
-            "rather than a sigmoid image.",
-        )
+    Config = ViTDecoderConfig
 
-    def __init__(self, config: Config, *, image_size: int, channels: int, latent_dim: int, num_tokens: int):
+    def __init__(
+        self, config: ViTDecoderConfig, *, image_size: int, channels: int, latent_dim: int, num_tokens: int
+    ):
         super().__init__()
         patch, dim = config.patch_size, config.dim
         self.grid, self.patch, self.predict_residual = (

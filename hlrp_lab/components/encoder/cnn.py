@@ -4,10 +4,10 @@ import itertools
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
-from hlrp_lab.components.registry import ENCODERS
+from hlrp_lab.components.encoder import ENCODERS
+from hlrp_lab.components.encoder.config import CNNEncoderConfig
 
 
 def conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -23,14 +23,11 @@ def conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
 class CNNEncoder(nn.Module):
     """(frame t, frame t+k) -> ``num_tokens`` latent action tokens of size ``out_dim``."""
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = CNNEncoderConfig
 
-        channels: list[PositiveInt] = Field(
-            [32, 64, 128], min_length=1, description="Output channels of each stride-2 convolution stage."
-        )
-
-    def __init__(self, config: Config, *, image_size: int, channels: int, num_tokens: int, out_dim: int):
+    def __init__(
+        self, config: CNNEncoderConfig, *, image_size: int, channels: int, num_tokens: int, out_dim: int
+    ):
         super().__init__()
         side = image_size >> len(config.channels)
         if side == 0:

@@ -1,13 +1,11 @@
 """Spatio-temporal ViT encoder: patches of both frames attend jointly; learned queries read out the action."""
 
-from typing import Any, Self
-
 import torch
 from einops import rearrange
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
-from hlrp_lab.components.registry import ENCODERS
+from hlrp_lab.components.encoder import ENCODERS
+from hlrp_lab.components.encoder.config import ViTEncoderConfig
 
 
 def patch_grid(image_size: int, patch_size: int) -> int:
@@ -25,39 +23,11 @@ def learned_embedding(*shape: int) -> nn.Parameter:
 class ViTEncoder(nn.Module):
     """(frame t, frame t+k) -> ``num_tokens`` latent action tokens of size ``out_dim``."""
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = ViTEncoderConfig
 
-        patch_size: PositiveInt = Field(
-            8, description="Side of the square image patches; must divide image_size."
-        )
-        dim: PositiveInt = Field(128, description="Transformer width; must be divisible by heads.")
-        depth: PositiveInt = Field(2, description="Number of transformer layers.")
-        heads: PositiveInt = Field(4, description="Attention heads per layer.")
-        mlp_ratio: float = Field(
-            4.0, gt=0, description="Hidden size of each MLP block, as a multiple of dim."
-        )
-        dropout: float = Field(0.0, ge=0, lt=1, description="Dropout inside the transformer layers.")
-
-        @model_validator(mode="after")
-        def check_heads(self) -> Self:
-            if self.dim % self.heads:
-                raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-            return self
-
-        def layer_kwargs(self) -> dict[str, Any]:
-            """Keyword arguments of a pre-norm GELU torch transformer layer of this size."""
-            return {
-                "d_model": self.dim,
-                "nhead": self.heads,
-                "dim_feedforward": round(self.dim * self.mlp_ratio),
-                "dropout": self.dropout,
-                "activation": "gelu",
-                "batch_first": True,
-                "norm_first": True,
-            }
-
-    def __init__(self, config: Config, *, image_size: int, channels: int, num_tokens: int, out_dim: int):
+    def __init__(
+        self, config: ViTEncoderConfig, *, image_size: int, channels: int, num_tokens: int, out_dim: int
+    ):
         super().__init__()
         num_patches = patch_grid(image_size, config.patch_size) ** 2
         self.num_tokens = num_tokens

@@ -8,17 +8,10 @@ action head reads. LAPA's way fits in as another ``latent_head`` component.
 """
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from hlrp_lab.components.registry import LATENT_HEADS
-
-
-class CodeQueriesConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_tokens: int = Field(4, gt=0, description="Latent tokens per action: the LAQ quantizer's num_tokens.")
-    codebook_size: int = Field(8, gt=1, description="Codes per token: the LAQ quantizer's codebook_size.")
+from hlrp_lab.components.latent_head import LATENT_HEADS
+from hlrp_lab.components.latent_head.config import CodeQueriesConfig
 
 
 @LATENT_HEADS.register
@@ -32,11 +25,6 @@ class CodeQueries(nn.Module):
         self.num_tokens, self.codebook_size = config.num_tokens, config.codebook_size
         self.norm = nn.LayerNorm(hidden_size)
         self.proj = nn.Linear(hidden_size, config.codebook_size)
-
-    @staticmethod
-    def query_tokens(config: CodeQueriesConfig) -> list[str]:
-        """The tokens appended to every prompt (added to the tokenizer before the model is built)."""
-        return [f"<latent_{i}>" for i in range(config.num_tokens)]
 
     def forward(self, query_states: torch.Tensor) -> torch.Tensor:
         """(B, K, hidden) last hidden states of the queries -> (B, K, codebook_size) logits."""

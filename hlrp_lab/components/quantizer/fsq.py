@@ -1,33 +1,23 @@
 """Finite scalar quantization: each channel is bounded and rounded to a few levels (no codebook to learn)."""
 
 import math
-from typing import Annotated
 
 import torch
 import vector_quantize_pytorch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
+from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.components.quantizer.base import QuantizerOutput
-from hlrp_lab.components.registry import QUANTIZERS
+from hlrp_lab.components.quantizer.config import FSQConfig
 
 
 @QUANTIZERS.register
 class FSQ(nn.Module):
     """Latent tokens of ``len(levels)`` channels; the implicit codebook is every combination of levels."""
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = FSQConfig
 
-        levels: list[Annotated[int, Field(ge=2)]] = Field(
-            [8, 5, 5, 5],
-            min_length=1,
-            description="Quantization levels per channel: the token size is their count, "
-            "the codebook size their product.",
-        )
-        num_tokens: PositiveInt = Field(4, description="Latent action tokens per transition.")
-
-    def __init__(self, config: Config):
+    def __init__(self, config: FSQConfig):
         super().__init__()
         self.dim, self.num_tokens = len(config.levels), config.num_tokens
         self.codebook_size = math.prod(config.levels)

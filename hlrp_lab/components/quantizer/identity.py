@@ -1,10 +1,10 @@
 """No quantization: a continuous latent action (the ablation of the bottleneck)."""
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
+from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.components.quantizer.base import QuantizerOutput
-from hlrp_lab.components.registry import QUANTIZERS
+from hlrp_lab.components.quantizer.config import IdentityConfig
 
 
 @QUANTIZERS.register
@@ -13,13 +13,9 @@ class Identity(nn.Module):
 
     codebook_size = None
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = IdentityConfig
 
-        dim: PositiveInt = Field(32, description="Size of each continuous latent token.")
-        num_tokens: PositiveInt = Field(4, description="Latent action tokens per transition.")
-
-    def __init__(self, config: Config):
+    def __init__(self, config: IdentityConfig):
         super().__init__()
         self.dim, self.num_tokens = config.dim, config.num_tokens
 

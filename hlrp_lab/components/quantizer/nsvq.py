@@ -7,32 +7,20 @@ straight-through estimator. In evaluation the decoder sees the nearest code ``q`
 """
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
+from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.components.quantizer.base import QuantizerOutput
-from hlrp_lab.components.registry import QUANTIZERS
+from hlrp_lab.components.quantizer.config import NSVQConfig
 
 
 @QUANTIZERS.register
 class NSVQ(nn.Module):
     """Nearest-code quantization trained with noise substitution; a learned codebook with dead-code restart."""
 
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    Config = NSVQConfig
 
-        codebook_size: PositiveInt = Field(
-            8, description="Number of codebook vectors (distinct latent actions)."
-        )
-        code_dim: PositiveInt = Field(
-            32, description="Size of each codebook vector and of each latent token."
-        )
-        num_tokens: PositiveInt = Field(4, description="Latent action tokens per transition.")
-        replace_every: int = Field(
-            100, ge=0, description="Training steps between replacements of unused codes; 0 disables."
-        )
-
-    def __init__(self, config: Config):
+    def __init__(self, config: NSVQConfig):
         super().__init__()
         self.dim, self.num_tokens, self.codebook_size = (
             config.code_dim,

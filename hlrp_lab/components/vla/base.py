@@ -8,15 +8,15 @@ instruction, then the stage's ``suffix`` tokens (its queries), left-padded so th
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import pydash
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from hlrp_lab.components.vla.config import VLAConfig
 from hlrp_lab.lib.errors import SpecError
 
 # The small language model of every family's default config: 2 layers of width 64, 4 heads of 16.
@@ -28,28 +28,6 @@ SMALL_TEXT_MODEL = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 512,
 }
-
-
-class VLAConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    pretrained: str | None = Field(
-        None,
-        description="Hub model id or local save_pretrained directory to load weights (and tokenizer) from; "
-        "null builds the family's small model from `config`, randomly initialised.",
-    )
-    config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Overrides of the family's small default config, merged into it "
-        '(e.g. {"text_config": {"num_hidden_layers": 4}}); ignored with `pretrained`.',
-    )
-    image_size: int | None = Field(
-        None, gt=0, description="Frames are resized to this; null: the vision tower's image_size."
-    )
-    freeze: bool = Field(False, description="Freeze the backbone; only the stage's heads train.")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Weights dtype of a pretrained model (bf16 autocast on CUDA either way)."
-    )
 
 
 class VLABackbone(nn.Module, ABC):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-from hlrp_lab.components.registry import VLAS
+from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone, small_config
 
 SMALL_CONFIG = {

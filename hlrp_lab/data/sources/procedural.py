@@ -9,10 +9,10 @@ or another block, and so does the agent behind it. Everything is a pure function
 from collections.abc import Iterator
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.episode import Episode
+from hlrp_lab.data.sources import DATA_SOURCES
+from hlrp_lab.data.sources.config import ProceduralConfig
 
 COLOURS = {
     "red": (220, 50, 47),
@@ -25,20 +25,10 @@ COLOURS = {
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 BACKGROUND = (24, 24, 32)
 AGENT_COLOUR = (245, 245, 245)
-MAX_OBJECTS = 4
 # Sizes as fractions of the image side. The agent collides as the square around its disc.
 AGENT_RADIUS, BLOCK_HALF, MAX_SPEED, CLEARANCE = 0.06, 0.07, 0.05, 0.03
 ACTION_NOISE = 0.3
 EPS = 1e-6  # pixels: blocks in contact are exactly 2 * half apart, up to rounding
-
-
-class ProceduralConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    episodes: int = Field(256, gt=0, description="Number of episodes to generate.")
-    episode_length: int = Field(32, ge=2, description="Frames per episode.")
-    num_objects: int = Field(3, ge=1, le=MAX_OBJECTS, description="Coloured blocks in the scene.")
-    seed: int = Field(0, ge=0, description="Dataset seed; episode i uses seed * 1_000_003 + i.")
 
 
 class Scene:

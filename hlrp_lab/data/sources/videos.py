@@ -25,42 +25,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.episode import Episode
+from hlrp_lab.data.sources import DATA_SOURCES
+from hlrp_lab.data.sources.config import MIN_FRAMES, VideosConfig
 from hlrp_lab.lib.errors import SpecError
 
 if TYPE_CHECKING:
     import av
 
 EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
-MIN_FRAMES = 2
 DECLARED_SLACK = 1  # frames a video may fall short of its container's declared count (duration rounding)
-
-
-class VideosConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    root: str = Field(description="Folder searched recursively for .mp4, .webm, .mkv and .avi files.")
-    fps: float = Field(10.0, gt=0, description="Output frame rate; slower videos have frames repeated.")
-    clip_seconds: float | None = Field(
-        None,
-        gt=0,
-        description="Cut each video into consecutive clips of round(clip_seconds * fps) frames (a trailing "
-        "clip of 1 frame is dropped); null keeps each video whole.",
-    )
-    instruction_file: str | None = Field(
-        None,
-        description="CSV with the header file,instruction; file is a path relative to root or a bare "
-        "file name. Videos without a row get the instruction ''.",
-    )
-
-    @model_validator(mode="after")
-    def clips_hold_two_frames(self) -> "VideosConfig":
-        if self.clip_seconds is not None and round(self.clip_seconds * self.fps) < MIN_FRAMES:
-            raise ValueError(f"clip_seconds * fps must give at least {MIN_FRAMES} frames per clip")
-        return self
 
 
 class UnreadableVideo(Exception):

@@ -10,8 +10,10 @@ from typing import Any
 
 import pydash
 
-from hlrp_lab.components.registry import DATA_SOURCES, STAGES, Registry
+from hlrp_lab.data.sources import DATA_SOURCES
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.registry import Registry
+from hlrp_lab.stages import STAGES
 
 # ray.tune's samplers with their required and optional arguments, in order (a test compares them with
 # ray.tune's signatures, so that a spec is checked without importing Ray).
@@ -103,10 +105,8 @@ def check_args(key: str, sampler: str, args: Any) -> list[Any]:
 
 def component_blocks(spec: dict) -> dict[str, Registry]:
     """The spec paths of the blocks built by name (``model.<family>``, ``data.source``) and their registry."""
-    blocks = {
-        f"model.{family}": registry
-        for family, registry in STAGES.get(spec["stage"], "stage").families.items()
-    }
+    families = STAGES.config_class(spec["stage"], "stage").families
+    blocks = {f"model.{family}": registry for family, registry in families.items()}
     if spec["data"]["source"] is not None:
         blocks["data.source"] = DATA_SOURCES
     return blocks
@@ -157,7 +157,7 @@ def check_path(
         if search_key.sampler not in LIST_SAMPLERS:
             raise SpecError(f"{key}: a component name is searched with choice or grid_search")
         for name in search_key.args:
-            registry.get(name, key)
+            registry.config_class(name, key)
         return
     names = [pydash.get(spec, f"{block}.name")]
     if block in sampled_names:
@@ -191,7 +191,7 @@ def apply_sample(spec: dict, values: dict[str, Any]) -> tuple[dict, dict[str, An
 
 
 def config_fields(registry: Registry, name: str, block: str) -> set[str]:
-    return set(registry.get(name, f"{block}.name").Config.model_fields)
+    return set(registry.config_class(name, f"{block}.name").model_fields)
 
 
 def trial_spec(spec: dict, keys: list[SearchKey], config: dict[str, Any], index: int) -> tuple[dict, dict]:

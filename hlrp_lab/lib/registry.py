@@ -1,31 +1,56 @@
 """Name -> class registries: components, stages and data sources are built by name from their spec block.
 
-A component or data source declares a nested pydantic ``Config`` (its spec keys, with defaults) and is built
-as ``cls(cls.Config(**block), **wiring)``, where ``wiring`` holds the sizes its stage connects it with.
+Each registered name has a pydantic config (its spec keys, with defaults) and an implementation class built
+as ``cls(config, **wiring)``, where ``wiring`` holds the sizes its stage connects it with. Configs live in
+modules whose name starts with ``config`` and that import only pydantic, so that a spec is validated without
+importing torch; the implementation, in a module of its own, points at its config with ``Config = ...``.
 """
 
 import importlib
 import math
 import pkgutil
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hlrp_lab.lib.errors import SpecError
 
 MAX_SHOWN = 80  # characters of a bad value quoted in an error message
 NUMBER_TYPE_ERRORS = ("int_type", "float_type")  # pydantic's strict-mode errors for a non-number
+CONFIG_MODULE_PREFIX = "config"  # modules whose name starts with this hold configs only
+
+
+class Strict(BaseModel):
+    """A config whose unknown keys are errors (a misspelt key must not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Registry:
-    """Classes of one family (encoder, quantizer, ...) registered under their class name."""
+    """Configs and classes of one family (encoder, quantizer, ...), by name."""
 
-    def __init__(self, family: str, package: str):
+    def __init__(self, family: str, *packages: str):
         self.family = family
-        self.package = package
+        self.packages = list(packages)
+        self._configs: dict[str, type[BaseModel]] = {}
         self._classes: dict[str, type] = {}
+
+    def add_package(self, package: str) -> None:
+        """Also look for this family's configs and classes in ``package`` (a layer above may add some)."""
+        if package not in self.packages:
+            self.packages.append(package)
+
+    def register_config(self, name: str) -> Callable[[type[BaseModel]], type[BaseModel]]:
+        """Decorator of a config class: the spec keys of ``name``."""
+
+        def add(config: type[BaseModel]) -> type[BaseModel]:
+            if name in self._configs:
+                raise ValueError(f"{self.family} config {name!r} is registered twice")
+            self._configs[name] = config
+            return config
+
+        return add
 
     def register(self, cls: type) -> type:
         """Class decorator: register ``cls`` under its class name."""
@@ -38,36 +63,64 @@ class Registry:
     def _add(self, name: str, cls: type) -> type:
         if name in self._classes:
             raise ValueError(f"{self.family} {name!r} is registered twice")
+        config = self._configs.get(name)
+        if config is None or getattr(cls, "Config", None) is not config:
+            raise ValueError(
+                f"{self.family} {name!r}: register its config with @register_config({name!r}) in a config*.py "
+                "module of the family and set `Config = ` that class"
+            )
         self._classes[name] = cls
         return cls
 
     def names(self) -> list[str]:
-        import_all(self.package)
-        return sorted(self._classes)
+        """Every registered name (from the config modules: no implementation is imported)."""
+        self._import(configs_only=True)
+        return sorted(self._configs)
 
-    def get(self, name: str, key: str) -> type:
-        """The class named ``name``; ``key`` is the spec path used in the error message."""
-        import_all(self.package)
-        if name not in self._classes:
+    def config_class(self, name: Any, key: str) -> type[BaseModel]:
+        """The config of ``name``, imported without its implementation; ``key`` is the spec path used in the
+        error message."""
+        self._import(configs_only=True)
+        if not isinstance(name, str) or name not in self._configs:
             raise SpecError(
                 f"{printable(key)}: unknown {self.family} {name!r}; registered: {', '.join(self.names())}"
             )
+        return self._configs[name]
+
+    def get(self, name: Any, key: str) -> type:
+        """The implementation class of ``name`` (imports the family's implementations)."""
+        self.config_class(name, key)
+        self._import(configs_only=False)
+        if name not in self._classes:
+            raise SpecError(f"{printable(key)}: {self.family} {name!r} has a config but no implementation")
         return self._classes[name]
 
-    def config(self, block: dict[str, Any], key: str) -> BaseModel:
-        """Validate a spec block ``{"name": ..., **params}`` against its class's Config."""
+    def config(self, block: Any, key: str) -> BaseModel:
+        """Validate a spec block ``{"name": ..., **params}`` against its config."""
         if not isinstance(block, dict) or "name" not in block:
             raise SpecError(
                 f"{printable(key)}: expected an object with a 'name' (one of: {', '.join(self.names())})"
             )
         params = {k: v for k, v in block.items() if k != "name"}
-        cls = self.get(block["name"], f"{key}.name")
-        return validate_model(cls.Config, params, key)
+        return validate_model(self.config_class(block["name"], f"{key}.name"), params, key)
 
     def build(self, block: dict[str, Any], key: str, **wiring: Any) -> Any:
         """Build the class named in ``block`` from its validated config and the stage's wiring kwargs."""
         config = self.config(block, key)
-        return self._classes[block["name"]](config, **wiring)
+        return self.get(block["name"], f"{key}.name")(config, **wiring)
+
+    def _import(self, configs_only: bool) -> None:
+        for package in self.packages:
+            import_package(package, configs_only)
+
+
+def import_package(package: str, configs_only: bool) -> None:
+    """Import the modules under ``package`` (only its ``config*`` modules if ``configs_only``) so that their
+    classes register themselves."""
+    root = importlib.import_module(package)
+    for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+        if not configs_only or info.name.rpartition(".")[2].startswith(CONFIG_MODULE_PREFIX):
+            importlib.import_module(info.name)
 
 
 def validate_model(model: type[BaseModel], data: Any, key: str) -> BaseModel:
@@ -133,20 +186,3 @@ def describe_validation_error(err: ValidationError, key: str) -> str:
     if len(value) > MAX_SHOWN:
         value = value[: MAX_SHOWN - 3] + "..."
     return f"{path}: {first['msg']} (got {value})"
-
-
-def import_all(package: str) -> None:
-    """Import every module under ``package`` so that their classes register themselves."""
-    root: ModuleType = importlib.import_module(package)
-    for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
-        importlib.import_module(info.name)
-
-
-ENCODERS = Registry("encoder", "hlrp_lab.components.encoder")
-QUANTIZERS = Registry("quantizer", "hlrp_lab.components.quantizer")
-DECODERS = Registry("decoder", "hlrp_lab.components.decoder")
-STAGES = Registry("stage", "hlrp_lab.stages")
-DATA_SOURCES = Registry("data source", "hlrp_lab.data.sources")
-VLAS = Registry("vla", "hlrp_lab.components.vla")
-LATENT_HEADS = Registry("latent head", "hlrp_lab.components.latent_head")
-ACTION_HEADS = Registry("action head", "hlrp_lab.components.action_head")

@@ -9,31 +9,15 @@ camera, say).
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from hlrp_lab.components.registry import DATA_SOURCES
 from hlrp_lab.data.episode import Episode
 from hlrp_lab.data.shards import MANIFEST, expand_shards, read_episodes, read_manifest, sha256
+from hlrp_lab.data.sources import DATA_SOURCES
+from hlrp_lab.lib.device import pick_device
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import resolve_reference
-
-
-class LabelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    laq: str = Field(
-        description="The LAQ run: a run directory, a .safetensors file of one, or latest:<spec_name>."
-    )
-    shards: str | None = Field(
-        None, description="Shards to label (directory, glob, brace pattern); null: the LAQ run's own data."
-    )
-    offset: int | None = Field(
-        None, gt=0, description="k of the labelled pairs (t, t+k); null: the LAQ run's first data.offsets."
-    )
-    batch_size: int = Field(256, gt=0, description="Pairs per LAQ forward pass.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+from hlrp_lab.stages.config import LabelConfig, LAQConfig
+from hlrp_lab.stages.laq import label_episode, load_laq
 
 
 @DATA_SOURCES.register_as("label")
@@ -56,8 +40,8 @@ class LabelSource:
         offset = config.offset or laq["data"]["offsets"][0]
         # what identifies the labels, also the cache key: the resolved weights and offset, not latest:...
         self.config = config.model_copy(update={"laq": str(self.reference.weights), "offset": offset})
-        quantizer = laq_quantizer(laq)
-        if quantizer.codebook_size is None:
+        num_tokens, codebook_size = LAQConfig.latent_codes(laq)
+        if codebook_size is None:
             raise SpecError(
                 f"data.source.laq: {self.reference.run_dir.name} has a continuous latent (no codes)"
             )
@@ -69,8 +53,8 @@ class LabelSource:
                 "weights": str(self.reference.weights),
                 "weights_sha256": sha256(self.reference.weights),  # a resumed run rewrites the same file
                 "offset": offset,
-                "codebook_size": quantizer.codebook_size,
-                "num_tokens": quantizer.num_tokens,
+                "codebook_size": codebook_size,
+                "num_tokens": num_tokens,
                 "quantizer": laq["model"]["quantizer"]["name"],
             },
             "parent": {k: self.parent.get(k) for k in ("source", "source_args", "image_size", "parent")},
@@ -82,25 +66,12 @@ class LabelSource:
         return sum(s["num_samples"] for s in self.parent["shards"] if s["file"] in names)
 
     def episodes(self) -> Iterator[Episode]:
-        from hlrp_lab.experiment.control import pick_device
-        from hlrp_lab.stages.laq import label_episode, load_laq
-
         model = load_laq(self.reference, pick_device(self.config.device))
         for episode in read_episodes(self.urls):
             if len(episode.frames) <= self.config.offset:
                 continue  # no pair at this offset
             codes = label_episode(model, episode.frames, self.config.offset, self.config.batch_size)
             yield dataclasses.replace(episode, codes=codes)
-
-
-def laq_quantizer(laq: dict) -> Any:
-    """The LAQ run's quantizer, built on the meta device: its ``codebook_size`` and ``num_tokens``."""
-    import torch
-
-    from hlrp_lab.components.registry import QUANTIZERS
-
-    with torch.device("meta"):
-        return QUANTIZERS.build(laq["model"]["quantizer"], "model.quantizer")
 
 
 def shard_list(shards: str | None, laq_data: dict) -> list[str]:
