@@ -3,10 +3,14 @@
 import json
 from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
 from hlrp_lab.data.shards import read_episodes, read_manifest, shard_urls
+from hlrp_lab.data.sources.config import MetaWorldConfig, ProceduralConfig, VideosConfig
+from hlrp_lab.stages.config import LabelConfig
 
 runner = CliRunner()
 
@@ -88,3 +92,46 @@ def test_a_spec_trains_on_shards_named_by_a_brace_pattern(tmp_path, shard_cache,
     run_dir = run_lab(spec_file, "from_shards", parse_mode("train"), {"shards": pattern})
     metrics = json.loads((run_dir / "info" / "from_shards_t0_trial_metrics.json").read_text())["mean"]
     assert metrics["step"] == 12 and metrics["data/skipped_shards"] == 0
+
+
+def data_command(name: str):
+    return typer.main.get_command(app).commands["data"].commands[name]
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "filled_by_command"),
+    [
+        ("procedural", ProceduralConfig, ()),
+        ("videos", VideosConfig, ("root",)),
+        ("metaworld", MetaWorldConfig, ()),
+        ("label", LabelConfig, ("laq", "shards")),
+    ],
+)
+def test_source_options_are_the_config_fields(command, config, filled_by_command):
+    """One definition: each key of the source's config is an option with the config's default and help."""
+    params = {
+        param.name: param for param in data_command(command).params if param.param_type_name == "option"
+    }
+    for name, field in config.model_fields.items():
+        if name in filled_by_command:
+            assert name not in params
+            continue
+        assert params[name].default == field.default, name
+        assert params[name].help.startswith(field.description), name
+
+
+def test_a_command_passes_the_config_defaults_and_minus_one_as_null(tmp_path, monkeypatch):
+    blocks = []
+    monkeypatch.setattr("hlrp_lab.cli.data.write", lambda block, *args: blocks.append(block))
+    for args in ([], ["--after-success", "-1", "--workers", "3"], ["--after-success", "0"]):
+        result = runner.invoke(app, ["data", "metaworld", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+    assert blocks[0] == {"name": "metaworld", **MetaWorldConfig().model_dump()}
+    assert blocks[1]["after_success"] is None and blocks[1]["workers"] == 3
+    assert blocks[2]["after_success"] == 0
+    refused = runner.invoke(app, ["data", "metaworld", str(tmp_path), "--after-success", "-2"])
+    assert refused.exit_code == 2 and blocks[3:] == []
+
+    result = runner.invoke(app, ["data", "procedural", str(tmp_path), "--objects", "2"])
+    assert result.exit_code == 0, result.output
+    assert blocks[3] == {"name": "procedural", **ProceduralConfig(num_objects=2).model_dump()}

@@ -1,4 +1,8 @@
-"""``hlrp-lab data``: write WebDataset shards from videos, Meta-World or the procedural scene; inspect them."""
+"""``hlrp-lab data``: write WebDataset shards from videos, Meta-World or the procedural scene; inspect them.
+
+A source's options come from its config (``config_options``): the same keys, defaults and help as in a spec's
+``data.source`` block.
+"""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -6,6 +10,9 @@ from typing import Annotated, Any
 import typer
 
 from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.cli.options import config_options
+from hlrp_lab.data.sources.config import MetaWorldConfig, ProceduralConfig, VideosConfig
+from hlrp_lab.stages.config import LabelConfig  # importing hlrp_lab.stages registers the label source
 
 data_app = typer.Typer(help="Write and inspect WebDataset shards.", no_args_is_help=True)
 
@@ -49,105 +56,60 @@ def write(
 
 
 @data_app.command("procedural")
+@config_options(ProceduralConfig, flags={"num_objects": "objects"})
 def procedural(
     out_dir: OutDir,
-    episodes: Annotated[int, typer.Option(help="Number of episodes.")] = 256,
-    episode_length: Annotated[int, typer.Option(help="Frames per episode.")] = 32,
-    objects: Annotated[int, typer.Option(help="Coloured blocks per scene.")] = 3,
-    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    source_args: dict[str, Any],
     size: Size = 64,
     shard_size: ShardSize = 256.0,
     name: Name = None,
     overwrite: Overwrite = False,
 ) -> None:
     """The built-in scene: an agent pushing coloured blocks, with true actions and instructions."""
-    block = {
-        "name": "procedural",
-        "episodes": episodes,
-        "episode_length": episode_length,
-        "num_objects": objects,
-        "seed": seed,
-    }
-    write(block, out_dir, size, shard_size, name, overwrite)
+    write({"name": "procedural", **source_args}, out_dir, size, shard_size, name, overwrite)
 
 
 @data_app.command("videos")
+@config_options(VideosConfig, skip=("root",))
 def videos(
     src_dir: Annotated[Path, typer.Argument(help="Folder searched recursively for mp4, webm, mkv, avi")],
     out_dir: OutDir,
-    fps: Annotated[float, typer.Option(help="Resample every video to this frame rate.")] = 10.0,
-    clip_seconds: Annotated[
-        float | None, typer.Option(help="Cut each video into clips of this many seconds (one scene each).")
-    ] = None,
-    instruction_file: Annotated[
-        Path | None, typer.Option(help="CSV with columns file,instruction giving each video's instruction.")
-    ] = None,
+    source_args: dict[str, Any],
     size: Size = 128,
     shard_size: ShardSize = 256.0,
     name: Name = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Videos: decoded with PyAV, resampled, resized and center-cropped; unreadable files are skipped."""
-    block = {
-        "name": "videos",
-        "root": str(src_dir),
-        "fps": fps,
-        "clip_seconds": clip_seconds,
-        "instruction_file": str(instruction_file) if instruction_file else None,
-    }
+    block = {"name": "videos", "root": str(src_dir), **source_args}
     source = write(block, out_dir, size, shard_size, name, overwrite)
     if source.skipped:
         typer.echo(f"skipped {len(source.skipped)} unreadable videos: {', '.join(source.skipped)}", err=True)
 
 
 @data_app.command("metaworld")
+@config_options(MetaWorldConfig)
 def metaworld(
     out_dir: OutDir,
-    tasks: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated tasks (reach-v3,push-v3) or a set: easy|medium|hard|very_hard|mt10|mt50."
-        ),
-    ] = "easy",
-    episodes: Annotated[int, typer.Option(help="Episodes per task.")] = 10,
-    max_steps: Annotated[int, typer.Option(help="Steps per episode at most.")] = 150,
-    after_success: Annotated[
-        int, typer.Option(min=-1, help="Steps recorded after the first success; -1 runs to --max-steps.")
-    ] = 10,
-    camera: Annotated[str, typer.Option(help="Meta-World camera name.")] = "corner2",
-    seed: Annotated[int, typer.Option(help="Dataset seed; episodes keep their own seeds.")] = 0,
-    workers: Annotated[int, typer.Option(help="Rendering processes.")] = 2,
+    source_args: dict[str, Any],
     size: Size = 64,
     shard_size: ShardSize = 256.0,
     name: Name = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Meta-World expert demonstrations: frames, 4-D actions, proprio states, success, instructions."""
-    block = {
-        "name": "metaworld",
-        "tasks": tasks,
-        "episodes": episodes,
-        "max_steps": max_steps,
-        "after_success": None if after_success < 0 else after_success,
-        "camera": camera,
-        "seed": seed,
-        "workers": workers,
-    }
-    write(block, out_dir, size, shard_size, name, overwrite)
+    write({"name": "metaworld", **source_args}, out_dir, size, shard_size, name, overwrite)
 
 
 @data_app.command("label")
+@config_options(LabelConfig, skip=("laq", "shards"))
 def label(
     laq_run: Annotated[
         str, typer.Argument(help="LAQ run: a run directory, a .safetensors file, latest:<spec>")
     ],
     shards: Annotated[str, typer.Argument(help="Shards to label: a directory, glob or brace pattern")],
     out_dir: OutDir,
-    offset: Annotated[
-        int | None, typer.Option(help="k of the labelled pairs (t, t+k); default: the LAQ run's first offset")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Pairs per LAQ forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    source_args: dict[str, Any],
     shard_size: ShardSize = 256.0,
     name: Name = None,
     overwrite: Overwrite = False,
@@ -163,9 +125,7 @@ def label(
         "name": "label",
         "laq": str(reference.weights),  # resolved once: a newer run cannot slip in between
         "shards": shards,
-        "offset": offset,
-        "batch_size": batch_size,
-        "device": device,
+        **source_args,
     }
     write(block, out_dir, image_size, shard_size, name, overwrite)
 

@@ -15,8 +15,9 @@ from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.registry import Registry
 from hlrp_lab.stages import STAGES
 
-# ray.tune's samplers with their required and optional arguments, in order (a test compares them with
-# ray.tune's signatures, so that a spec is checked without importing Ray).
+# ray.tune's samplers with their required and optional arguments, in order. A static table, so that a spec is
+# checked without importing Ray (seconds); tests/test_search.py derives the same table from the signatures of
+# every public function of ray.tune.search.sample, so a new sampler or a changed argument fails there.
 SAMPLERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "uniform": (("lower", "upper"), ()),
     "quniform": (("lower", "upper", "q"), ()),
