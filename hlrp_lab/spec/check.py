@@ -26,6 +26,25 @@ def check_spec(spec: dict) -> dict:
     return checked
 
 
+# Keys every stage's saved spec held (with defaults) before stages declared their own keys.
+FORMER_FRAMEWORK_KEYS = ("rollout", "train.init_from", "train.eval_rollouts", "data.action_chunk")
+
+
+def drop_former_keys(spec: dict) -> dict:
+    """A saved spec without the former framework keys its stage does not declare (they did nothing there), so
+    that runs saved before stages declared their keys still load."""
+    stage = stage_config(spec)
+    if stage is None:
+        return spec
+    kept = spec
+    for key in FORMER_FRAMEWORK_KEYS:
+        section, _, name = key.partition(".")
+        declared = section in stage.sections and (not name or name in stage.sections[section].model_fields)
+        if not declared and pydash.has(kept, key):
+            kept = pydash.omit(kept, key)
+    return kept
+
+
 def stage_config(spec: object) -> type[StageConfig] | None:
     """The config of the spec's stage, when it names one that exists (else the framework schema reports)."""
     name = spec.get("stage") if isinstance(spec, dict) else None
