@@ -1,5 +1,7 @@
 """The action heads, built through their registry: spec errors, the predict contract, learning a fixed batch."""
 
+import re
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.lib.errors import SpecError
 
 BATCH, FEATURES, CHUNK, ACTIONS = 16, 32, 4, 4
-NAMES = ["DiscreteBins", "FlowMatching", "MLPRegression"]
+NAMES = ACTION_HEADS.names()
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
@@ -55,7 +57,18 @@ def fit(block: dict, steps: int, lr: float, seed: int = 0) -> tuple[float, float
 
 
 def test_registered_names():
-    assert ACTION_HEADS.names() == NAMES
+    """Every registered head has its config and an implementation of that name with the head's methods."""
+    assert NAMES and NAMES == sorted(set(NAMES))
+    for name in NAMES:
+        cls = ACTION_HEADS.get(name, "model.action_head.name")
+        assert cls.__name__ == name and cls.Config is ACTION_HEADS.config_class(
+            name, "model.action_head.name"
+        )
+        assert callable(cls.loss) and callable(cls.predict)
+    with pytest.raises(
+        SpecError, match=f"unknown action head 'Nope'; registered: {re.escape(', '.join(NAMES))}$"
+    ):
+        head("Nope")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,12 +1,17 @@
 """Spec loading, ${var} substitution, overrides, validation errors and mode overrides."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.components.encoder import ENCODERS
+from hlrp_lab.components.quantizer import QUANTIZERS
+from hlrp_lab.data.sources import DATA_SOURCES
 from hlrp_lab.experiment.build import dry_build
+from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.registry import Registry
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import (
     override_mode,
@@ -15,8 +20,20 @@ from hlrp_lab.spec.spec_util import (
     resolve_spec,
     substitute,
 )
+from hlrp_lab.stages import STAGES
 
 LAQ_SPECS = Path(__file__).parents[1] / "specs" / "laq.json"
+LAQ_FAMILIES = STAGES.config_class("laq", "stage").families
+
+
+def listed(names) -> str:
+    """A pattern for the comma-separated list of ``names`` an error message shows."""
+    return re.escape(", ".join(names))
+
+
+def registered(registry: Registry) -> str:
+    """A pattern for the list of names a registry's error message shows."""
+    return f"registered: {listed(registry.names())}$"
 
 
 def base_spec() -> dict:
@@ -95,7 +112,7 @@ def test_missing_file_and_invalid_json(tmp_path):
         (
             "model.encoder.name",
             "Nope",
-            r"model\.encoder\.name: unknown encoder 'Nope'; registered: CNNEncoder, ViTEncoder",
+            r"model\.encoder\.name: unknown encoder 'Nope'; " + registered(ENCODERS),
         ),
         ("model.encoder.dimm", 3, r"model\.encoder\.dimm: unknown key"),
         (
@@ -106,14 +123,14 @@ def test_missing_file_and_invalid_json(tmp_path):
         (
             "model.head",
             {"name": "X"},
-            r"model\.head: stage 'laq' has no such component; expected: encoder, quantizer, decoder",
+            r"model\.head: stage 'laq' has no such component; expected: " + listed(LAQ_FAMILIES) + "$",
         ),
         (
             "data.source.name",
             "youtube",
-            r"data\.source\.name: unknown data source 'youtube'; registered: label, metaworld, procedural, videos",
+            r"data\.source\.name: unknown data source 'youtube'; " + registered(DATA_SOURCES),
         ),
-        ("stage", "lqa", r"stage: unknown stage 'lqa'; registered: finetune, foundation, laq"),
+        ("stage", "lqa", r"stage: unknown stage 'lqa'; " + registered(STAGES)),
         ("optim.name", "Adamm", r"optim\.name: unknown optimizer 'Adamm'; torch\.optim has: .*AdamW"),
         ("optim.betaz", [0.9, 0.9], r"optim\.betaz: not an argument of torch\.optim\.AdamW"),
         ("model.decoder.patch_size", 7, r"model: .*patch_size"),
@@ -130,9 +147,10 @@ def test_check_spec_errors_name_the_key(path, value, message):
 def test_missing_component_family_lists_choices():
     spec = base_spec()
     del spec["model"]["quantizer"]
+    assert LAQ_FAMILIES["quantizer"] is QUANTIZERS
     with pytest.raises(
         SpecError,
-        match=r"model\.quantizer: required by stage 'laq'; one of: FSQ, Identity, NSVQ, VectorQuantizer",
+        match=r"model\.quantizer: required by stage 'laq'; one of: " + listed(QUANTIZERS.names()) + "$",
     ):
         check_spec(spec)
 
