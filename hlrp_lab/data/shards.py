@@ -105,7 +105,15 @@ def npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def sha256(path: Path) -> str:
-    with path.open("rb") as f:
+    """The file's SHA-256, read once per process while its size and modification time stay the same (a
+    labelled data block hashes the LAQ weights each time its shard URLs are resolved)."""
+    stat = path.stat()
+    return file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
