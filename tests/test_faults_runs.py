@@ -18,7 +18,8 @@ from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib import util
 from hlrp_lab.lib.cpus import cgroup_quota
 from hlrp_lab.lib.errors import NonFiniteLossError, SpecError
-from hlrp_lab.lib.runs import newest_run, read_status, resolve_reference, saved_spec_path, write_spec
+from hlrp_lab.lib.layout import RunLayout
+from hlrp_lab.lib.runs import newest_run, read_status, resolve_reference, write_spec
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.spec_util import Mode
@@ -64,12 +65,12 @@ def test_a_failed_run_is_marked_and_latest_skips_it(tmp_path, monkeypatch, tiny_
     monkeypatch.chdir(tmp_path)
     spec_file = write_specs(tmp_path / "specs.json", {"tiny": tiny_spec})
     good = run_lab(spec_file, "tiny", Mode("train"), {})
-    assert read_status(good) == {"status": "completed"}
+    assert read_status(RunLayout(good, "tiny")) == {"status": "completed"}
     with pytest.raises(NonFiniteLossError):
         run_lab(spec_file, "tiny", Mode("train"), {"optim.lr": 1e30, "optim.warmup_steps": 0})
     failed = newest_run_dir_by_name(Path("data"), "tiny")
     assert failed != good
-    status = read_status(failed)
+    status = read_status(RunLayout(failed, "tiny"))
     assert status["status"] == "failed" and status["error"].startswith("NonFiniteLossError: ")
     assert "\n" not in status["error"]
     assert newest_run("tiny") == good
@@ -128,7 +129,7 @@ def test_two_runs_started_in_the_same_second_get_distinct_directories(tmp_path, 
 def test_saved_specs_mask_secret_values_but_keep_the_spec(tmp_path, tiny_spec):
     run_dir = make_run_dir(tmp_path, "rt_secret", "2026_11_30_120000")
     tiny_spec["meta"]["variables"] = {"wandb_api_key": "SECRET999", "lr": 0.1}
-    write_spec(saved_spec_path(run_dir, "rt_secret"), "rt_secret", tiny_spec)
+    write_spec(RunLayout(run_dir, "rt_secret").spec_file, "rt_secret", tiny_spec)
     text = (run_dir / "info" / "rt_secret_spec.json").read_text()
     saved = json.loads(text)["rt_secret"]
     assert "SECRET999" not in text

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hlrp_lab.experiment.checkpoint import Checkpoints
-from hlrp_lab.experiment.control import Experiment, Trial
+from hlrp_lab.experiment.control import Trial
+from hlrp_lab.experiment.experiment import Experiment
 from hlrp_lab.experiment.lab import evaluate_run, run_lab
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
 from hlrp_lab.lib.errors import CheckpointError, NonFiniteLossError

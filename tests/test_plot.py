@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
-from hlrp_lab.experiment.control import Experiment
+from hlrp_lab.experiment.experiment import Experiment
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib.util import make_run_dir, write_json
 from hlrp_lab.spec.check import check_spec

@@ -1,11 +1,10 @@
-"""Session, trial and experiment metrics: aggregation across seeds and the graphs in graph/ (no torch)."""
-
-from pathlib import Path
+"""Session, trial and experiment metrics: aggregation across seeds and the graphs of a run (no torch)."""
 
 import numpy as np
 import pandas as pd
 
 from hlrp_lab.experiment.results import ENDED, INTERRUPTED
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.viz import Curve, save_plot, save_scatter
 
 
@@ -25,15 +24,16 @@ def metric_curve(history: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.nda
 
 
 def save_session_graphs(
-    history: pd.DataFrame, metrics: tuple[str, ...], graph_dir: Path, prefix: str
+    history: pd.DataFrame, metrics: tuple[str, ...], layout: RunLayout, trial: int, session: int
 ) -> None:
-    """One graph per metric of a session: ``graph/{prefix}_session_graph_{metric}.{png,html}``."""
+    """One graph per metric of a session (``RunLayout.session_graph``, PNG and HTML)."""
+    label = layout.stem(trial, session)
     for metric in metrics:
         if metric not in history:
             continue
         x, y = metric_curve(history, metric)
-        stem = graph_dir / f"{prefix}_session_graph_{metric}"
-        save_plot([Curve(prefix, x, y)], stem, f"{prefix}: {metric}", "step", metric)
+        path = layout.session_graph(trial, session, metric)
+        save_plot([Curve(label, x, y)], path, f"{label}: {metric}", "step", metric)
 
 
 def trial_curve(histories: list[pd.DataFrame], metric: str, label: str) -> Curve:
@@ -45,26 +45,29 @@ def trial_curve(histories: list[pd.DataFrame], metric: str, label: str) -> Curve
     )
 
 
-def session_histories(info_dir: Path, trial_prefix: str) -> list[pd.DataFrame]:
-    return [pd.read_csv(path) for path in sorted(info_dir.glob(f"{trial_prefix}_s*_session_metrics.csv"))]
+def session_histories(layout: RunLayout, trial: int) -> list[pd.DataFrame]:
+    """The metrics of each session of a trial, by session."""
+    return [pd.read_csv(path) for path in layout.session_metrics_files(trial)]
 
 
-def save_trial_graphs(run_dir: Path, trial_prefix: str, metrics: tuple[str, ...]) -> None:
-    """One graph per metric: the mean over sessions with a ±1 std band."""
-    histories = session_histories(run_dir / "info", trial_prefix)
+def save_trial_graphs(layout: RunLayout, trial: int, metrics: tuple[str, ...]) -> None:
+    """One graph per metric: the mean over sessions with a ±1 std band (``RunLayout.trial_graph``)."""
+    label = layout.stem(trial)
+    histories = session_histories(layout, trial)
     for metric in metrics:
         if not any(metric in h for h in histories):
             continue
-        curve = trial_curve(histories, metric, trial_prefix)
-        title = f"{trial_prefix}: {metric} (mean ± std over {len(histories)} sessions)"
-        save_plot([curve], run_dir / "graph" / f"{trial_prefix}_trial_graph_{metric}", title, "step", metric)
+        curve = trial_curve(histories, metric, label)
+        title = f"{label}: {metric} (mean ± std over {len(histories)} sessions)"
+        save_plot([curve], layout.trial_graph(trial, metric), title, "step", metric)
 
 
 def save_experiment_graphs(
-    table: pd.DataFrame, params: list[str], metric: str, graph_dir: Path, spec_name: str, log_x: set[str]
+    table: pd.DataFrame, params: list[str], metric: str, layout: RunLayout, log_x: set[str]
 ) -> None:
-    """The metric of each scored trial against each searched value, a colour per status:
-    ``graph/{spec_name}_experiment_graph_{param}.{png,html}`` (dots in the param become underscores)."""
+    """The metric of each scored trial against each searched value, a colour per status
+    (``RunLayout.experiment_graph``, PNG and HTML)."""
+    spec_name = layout.spec_name
     scored = table.dropna(subset=[metric])
     for param in params:
         rows = scored.dropna(subset=[param])
@@ -77,6 +80,5 @@ def save_experiment_graphs(
             for status in (*ENDED, INTERRUPTED)
             if (rows["status"] == status).any()
         }
-        stem = graph_dir / f"{spec_name}_experiment_graph_{param.replace('.', '_')}"
         title = f"{spec_name}: {metric} vs {param} ({len(rows)} trials)"
-        save_scatter(groups, stem, title, param, metric, log_x=param in log_x)
+        save_scatter(groups, layout.experiment_graph(param), title, param, metric, log_x=param in log_x)

@@ -16,6 +16,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from hlrp_lab.lib.errors import CheckpointError, RunError
+from hlrp_lab.lib.layout import checkpoint_name, checkpoint_state_name
 from hlrp_lab.lib.scrub import error_line
 from hlrp_lab.lib.util import temp_path, write_temp
 
@@ -24,17 +25,18 @@ MAX_CAUSE_LENGTH = 203  # characters of the underlying error quoted in a checkpo
 
 
 class Checkpoints:
-    """``model/{prefix}_{tag}.safetensors`` and ``model/{prefix}_{tag}_state.pt``."""
+    """The checkpoints of the session whose files start with ``prefix``, in ``model_dir``: weights and state
+    of each tag, named as ``RunLayout.checkpoint`` and ``RunLayout.checkpoint_state`` say."""
 
     def __init__(self, model_dir: Path, prefix: str):
         self.model_dir = model_dir
         self.prefix = prefix
 
     def weights_path(self, tag: str) -> Path:
-        return self.model_dir / f"{self.prefix}_{tag}.safetensors"
+        return self.model_dir / checkpoint_name(self.prefix, tag)
 
     def state_path(self, tag: str) -> Path:
-        return self.model_dir / f"{self.prefix}_{tag}_state.pt"
+        return self.model_dir / checkpoint_state_name(self.prefix, tag)
 
     def written(self, tag: str) -> bool:
         """Whether any file of the ``tag`` checkpoint is there (``load`` says if one is missing or unusable)."""

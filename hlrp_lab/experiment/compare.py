@@ -10,32 +10,24 @@ import pandas as pd
 
 from hlrp_lab.experiment.analysis import session_histories, trial_curve
 from hlrp_lab.lib.errors import RunError, SpecError
-from hlrp_lab.lib.runs import (
-    DATA_ROOT,
-    FAILED,
-    experiment_table_path,
-    is_completed,
-    newest_run,
-    read_status,
-    run_dir_spec_name,
-    saved_spec_path,
-)
+from hlrp_lab.lib.layout import RunLayout
+from hlrp_lab.lib.runs import DATA_ROOT, FAILED, is_completed, newest_run, read_status, run_dir_spec_name
 from hlrp_lab.lib.viz import Curve, save_plot
 
 
 @dataclass(frozen=True)
 class Run:
-    """A run directory ``{spec_name}_{timestamp}[_N]`` holding ``info/{spec_name}_spec.json``."""
+    """A run directory ``{spec_name}_{timestamp}[_N]`` holding its saved spec (``RunLayout.spec_file``)."""
 
     path: Path
     spec_name: str
 
     @property
-    def info(self) -> Path:
-        return self.path / "info"
+    def layout(self) -> RunLayout:
+        return RunLayout(self.path, self.spec_name)
 
     def spec(self) -> dict:
-        return json.loads(saved_spec_path(self.path, self.spec_name).read_text())[self.spec_name]
+        return json.loads(self.layout.spec_file.read_text())[self.spec_name]
 
 
 @dataclass(frozen=True)
@@ -53,14 +45,14 @@ class Sessions:
 
     def stage_metric(self) -> str | None:
         """The metric the stage ranks trials by (e.g. val_psnr), as the trial recorded it."""
-        path = self.run.info / f"{self.run.spec_name}_t{self.trial}_trial_metrics.json"
+        path = self.run.layout.trial_metrics(self.trial)
         return json.loads(path.read_text()).get("metric") if path.is_file() else None
 
 
 def as_run(path: Path) -> Run | None:
     """``path`` as a run, or None if it is not a run directory."""
     spec_name = run_dir_spec_name(path.name)
-    if spec_name is not None and saved_spec_path(path, spec_name).is_file():
+    if spec_name is not None and RunLayout(path, spec_name).spec_file.is_file():
         return Run(path, spec_name)
     return None
 
@@ -89,9 +81,8 @@ def resolve_run(name: str, root: Path = DATA_ROOT) -> Run:
 def ranked_trials(run: Run) -> list[int]:
     """Trials with session metrics: in the order of the experiment table (best first) when the run has one,
     else by number. Trials stopped early by ASHA have no session metrics."""
-    pattern = re.compile(rf"{re.escape(run.spec_name)}_t(\d+)_s\d+_session_metrics\.csv")
-    found = {int(m[1]) for p in run.info.glob("*_session_metrics.csv") if (m := pattern.fullmatch(p.name))}
-    table = experiment_table_path(run.path, run.spec_name)
+    found = set(run.layout.trials_with_sessions())
+    table = run.layout.experiment_table
     order = pd.read_csv(table)["trial"].tolist() if table.is_file() else sorted(found)
     return [trial for trial in order if trial in found]
 
@@ -101,12 +92,12 @@ def load_sessions(run: Run) -> Sessions | None:
     trials = ranked_trials(run)
     if not trials:
         return None
-    return Sessions(run, trials[0], session_histories(run.info, f"{run.spec_name}_t{trials[0]}"))
+    return Sessions(run, trials[0], session_histories(run.layout, trials[0]))
 
 
 def failure(run: Run) -> str | None:
-    """The one-line error of a run whose ``info/status.json`` says it failed; None otherwise."""
-    status = read_status(run.path) or {}
+    """The one-line error of a run whose status file says it failed; None otherwise."""
+    status = read_status(run.layout) or {}
     if status.get("status") != FAILED:
         return None
     return " ".join(str(status.get("error") or "no error recorded").split())
@@ -117,8 +108,9 @@ def plotted_sessions(run: Run) -> Sessions:
     if sessions := load_sessions(run):
         return sessions
     error = failure(run)
+    wanted = run.layout.session_metrics("*", "*").relative_to(run.path).as_posix()
     raise RunError(
-        f"{run.path}: no session metrics to plot (info/{run.spec_name}_t*_s*_session_metrics.csv); "
+        f"{run.path}: no session metrics to plot ({wanted}); "
         + (f"the run failed: {error}" if error else "the run failed or was stopped before a session ended")
     )
 
@@ -184,6 +176,6 @@ def no_metrics(run: Run, error: str | None) -> str:
     without any (its status, or its results for a run from before status files), else killed or running."""
     if error is not None:
         return f"failed: {error}"
-    if is_completed(run.path, run.spec_name):
+    if is_completed(run.layout):
         return "(no session metrics)"
     return "no metrics (killed or still running?)"

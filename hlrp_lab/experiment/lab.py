@@ -8,9 +8,11 @@ import pydash
 from loguru import logger
 
 from hlrp_lab.experiment.build import dry_build
-from hlrp_lab.experiment.control import Experiment, Trial
+from hlrp_lab.experiment.control import Trial
+from hlrp_lab.experiment.experiment import Experiment
 from hlrp_lab.experiment.search import check_ray_address
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.names import check_name
 from hlrp_lab.lib.runs import (
@@ -20,7 +22,6 @@ from hlrp_lab.lib.runs import (
     newest_run,
     recorded_status,
     resolve_reference,
-    saved_spec_path,
     write_spec,
 )
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp
@@ -40,7 +41,7 @@ from hlrp_lab.stages import STAGES
 def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int = 3) -> Path:
     """Run ``spec_name`` in ``mode``; return the run directory. A search keeps the model files of its best
     ``keep`` trials (-1: all). Everything that can be checked (spec, references, data) is checked before the
-    run directory exists; a run that fails after is marked failed in ``info/status.json``."""
+    run directory exists; a run that fails after is marked failed in its status file (``RunLayout.status``)."""
     check_name(spec_name, "spec name")
     if mode.name == "eval":
         return evaluate_run(mode.run_dir or latest_run_dir(spec_name), spec_name)
@@ -60,10 +61,11 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     meta.update(experiment_ts=ts, git_sha=git_sha())
     if meta["random_seed"] is None:
         meta["random_seed"] = secrets.randbelow(2**31)
-    write_spec(saved_spec_path(run_dir, spec_name), spec_name, spec)
-    setup_logger(run_dir / "log" / f"{spec_name}.log")
+    layout = RunLayout(run_dir, spec_name)
+    write_spec(layout.spec_file, spec_name, spec)
+    setup_logger(layout.log_file())
     logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
-    with recorded_status(run_dir):
+    with recorded_status(layout):
         if mode.name == "search":
             Experiment(spec).search(keep)
         else:
@@ -85,7 +87,7 @@ def pin_references(node: Any, key: str = "") -> Any:
 
 def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) -> dict:
     """The spec a run saved, re-checked, pointing at ``run_dir`` wherever it now lives."""
-    path = saved_spec_path(run_dir, spec_name)
+    path = RunLayout(run_dir, spec_name).spec_file
     if not path.is_file():
         raise SpecError(f"{run_dir}: no saved spec {path.name}; is this a run directory of {spec_name!r}?")
     spec = select_spec(read_spec_file(path), spec_name, path)
@@ -100,14 +102,15 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
     if plain:
         raise SpecError(f"-s {plain[0]}: a resumed run uses its saved spec; only dotted keys can override it")
     spec = load_run_spec(run_dir, spec_name, sets)
+    layout = RunLayout(run_dir, spec_name)
     STAGES.get(spec["stage"], "stage").prepare_data(spec)
-    setup_logger(run_dir / "log" / f"{spec_name}.log")
+    setup_logger(layout.log_file())
     logger.info(f"{spec_name}: resuming {run_dir}")
-    with recorded_status(run_dir):
+    with recorded_status(layout):
         Trial(spec).run()
     if sets:  # only once they worked: a failed override must not stick to the run
         pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
-        write_spec(saved_spec_path(run_dir, spec_name), spec_name, spec)
+        write_spec(layout.spec_file, spec_name, spec)
     return run_dir
 
 
@@ -115,7 +118,7 @@ def evaluate_run(run_dir: Path, spec_name: str) -> Path:
     """``eval``: evaluate the best checkpoint of every session of a run."""
     spec = load_run_spec(run_dir, spec_name)
     spec = STAGES.config_class(spec["stage"], "stage").eval_mode(spec)
-    setup_logger(run_dir / "log" / f"{spec_name}.log")
+    setup_logger(RunLayout(run_dir, spec_name).log_file())
     logger.info(f"{spec_name} eval: best checkpoints of {run_dir}")
     Trial(spec).evaluate()
     return run_dir

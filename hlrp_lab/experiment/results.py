@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from hlrp_lab.lib.layout import file_stem
 from hlrp_lab.lib.util import atomic_write
 
 # How a trial ended, as its row in the experiment table says
@@ -66,13 +67,14 @@ def save_table(table: pd.DataFrame, stem: Path) -> None:
 
 
 def keep_models(model_dir: Path, spec_name: str, ranked: list[int], trials: Iterable[int], keep: int) -> None:
-    """Delete the model files of every trial but the first ``keep`` of ``ranked`` (-1 keeps all)."""
+    """Delete the model files of every trial but the first ``keep`` of ``ranked`` (-1 keeps all): those in
+    ``model_dir`` (``RunLayout.model``) whose names start with the trial's stem."""
     if keep < 0:
         return
     kept = set(ranked[:keep])
     for trial in trials:
         if trial not in kept:
-            for path in model_dir.glob(f"{spec_name}_t{trial}_*"):
+            for path in model_dir.glob(f"{file_stem(spec_name, trial)}_*"):
                 if path.is_dir():  # a VLA trial's tokenizer
                     shutil.rmtree(path)
                 else:

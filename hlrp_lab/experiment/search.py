@@ -1,7 +1,8 @@
 """Search mode: Ray Tune samples trials from the spec's ``search`` block; ASHA stops unpromising ones early.
 
 Ray starts locally (or joins the cluster at ``RAY_ADDRESS``, or the instance the caller started) and keeps
-its files under the run directory (``ray/tune/{spec_name}_t{i}``). A cluster that cannot be joined is a
+its files under the run directory (``RunLayout.ray``, one folder per trial named ``RunLayout.stem(trial)``
+under ``tune/``). A cluster that cannot be joined is a
 one-line RunError within seconds; a trial whose worker dies is recorded as failed and the search goes on.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from hlrp_lab.experiment.results import COMPLETED, FAILED, INTERRUPTED, STOPPED_EARLY, TrialRecord
 from hlrp_lab.lib.errors import RunError, first_line
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.spec.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
 from hlrp_lab.stages import STAGES
 
@@ -181,16 +183,17 @@ def join_error(address: str, error: BaseException) -> str:
 
 
 def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
-    """The Tuner: trials named ``{spec_name}_t{i}``, the stage's metric, the meta block's search settings."""
+    """The Tuner: trials named by their stem (``RunLayout.stem(trial)``), the stage's metric, the meta block's
+    search settings."""
     from ray import tune
 
     from hlrp_lab.experiment.tune_trial import run_trial
 
-    meta, stage_cls = spec["meta"], STAGES.get(spec["stage"], "stage")
+    meta, stage_cls, layout = spec["meta"], STAGES.get(spec["stage"], "stage"), RunLayout.of(spec)
     indices = count()
 
     def trial_name(trial: Any) -> str:
-        return f"{meta['spec_name']}_t{next(indices)}"
+        return layout.stem(next(indices))
 
     resources = meta["search_resources"]
     trainable = tune.with_resources(
@@ -212,7 +215,7 @@ def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str((Path(meta["run_dir"]) / "ray").absolute()),
+            storage_path=str(layout.ray.absolute()),
             callbacks=[log],
             verbose=0,
         ),
@@ -247,10 +250,8 @@ def scheduler(spec: dict) -> Any:
 
 def trial_record(spec: dict, keys: list[SearchKey], result: Any, ended: set[str]) -> TrialRecord:
     """How one Tune trial ended: failed (with its error), completed, stopped early, or interrupted."""
-    from hlrp_lab.experiment.tune_trial import trial_index
-
     name = Path(result.path).name
-    trial, applied = trial_spec(spec, keys, result.config, trial_index(name))
+    trial, applied = trial_spec(spec, keys, result.config, RunLayout.of(spec).trial_of(name))
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     record = TrialRecord(trial["meta"]["trial"], INTERRUPTED, metrics, trial, applied)
     if result.error is not None:

@@ -1,21 +1,18 @@
 """What runs inside Ray Tune: one search trial (in a Ray worker) and the driver's log of trials."""
 
 import os
-from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from ray import tune
 from ray.tune.experiment import Trial as TuneTrial
 
+from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.loop import format_metrics
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.logger import setup_logger
+from hlrp_lab.spec.check import check_spec
 from hlrp_lab.spec.search_space import SearchKey, trial_spec
-
-
-def trial_index(trial_name: str) -> int:
-    """The index in a trial name ``{spec_name}_t{index}`` (Tune's trials are named so by the search)."""
-    return int(trial_name.rpartition("_t")[2])
 
 
 def run_trial(config: dict[str, Any], spec: dict, keys: list[SearchKey], lab_dir: str) -> None:
@@ -24,13 +21,12 @@ def run_trial(config: dict[str, Any], spec: dict, keys: list[SearchKey], lab_dir
     The last evaluation is reported once the trial has written its files, so that a stop decision at
     ``max_t`` cannot cut them short. Runs in ``lab_dir`` so that the spec's relative paths hold.
     """
-    from hlrp_lab.experiment.control import Trial, prefix
-    from hlrp_lab.spec.check import check_spec
-
     os.chdir(lab_dir)
     context = tune.get_context()
-    trial = check_spec(trial_spec(spec, keys, config, trial_index(context.get_trial_name()))[0])
-    setup_logger(Path(trial["meta"]["run_dir"]) / "log" / f"{prefix(trial, with_session=False)}.log")
+    layout = RunLayout.of(spec)
+    index = layout.trial_of(context.get_trial_name())  # the search names each trial by its stem
+    trial = check_spec(trial_spec(spec, keys, config, index)[0])
+    setup_logger(layout.log_file(index))
     max_step = trial["train"]["max_step"]
 
     def report(step: int, row: dict[str, float]) -> None:

@@ -8,20 +8,18 @@ file, and a binary file that still holds one is left out.
 
 import io
 import json
-import re
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pandas as pd
 from loguru import logger
 
-from hlrp_lab.lib.runs import run_dir_spec_name, saved_spec_path
+from hlrp_lab.lib.layout import RunLayout, spec_and_trial_of
+from hlrp_lab.lib.runs import run_dir_spec_name
 from hlrp_lab.lib.scrub import holds_secret, mask_spec_file, scrub_text
 
-RESULT_PATTERNS = ("info/*.json", "info/*.csv", "info/*.parquet", "graph/*.png", "graph/*.html")
-MODEL_PATTERNS = ("model/*.safetensors", "model/*_tokenizer/*")  # a VLA run's tokenizer goes with its weights
 TEXT_SUFFIXES = {".json", ".csv", ".html"}
-TRIAL_METRICS = re.compile(r"(?P<spec>.+)_t(?P<trial>\d+)_trial_metrics\.json")
 
 
 @dataclass
@@ -35,15 +33,17 @@ class RunBundle:
 def run_bundle(run_dir: Path, secrets: list[str], models: bool = False) -> RunBundle:
     """The files of ``run_dir`` to upload, with the trial and session tables added as Parquet."""
     bundle = RunBundle()
-    patterns = RESULT_PATTERNS + (MODEL_PATTERNS if models else ())
+    patterns = RunLayout.result_globs() + (RunLayout.model_globs() if models else ())
     for path in sorted(p for pattern in patterns for p in run_dir.glob(pattern)):
         bundle.files[path.relative_to(run_dir).as_posix()] = clean_file(path, secrets)
-    trials = [trial_table(path, run_dir.name) for path in sorted(run_dir.glob("info/*_trial_metrics.json"))]
-    for table in trials:
-        stem = f"info/{table['spec_name'][0]}_t{table['trial'][0]}_trial_metrics"
+    trials = []
+    for path in sorted(run_dir.glob(RunLayout.trial_metrics_glob())):
+        table = trial_table(path, run_dir.name)
+        trials.append(table)
+        stem = path.relative_to(run_dir).with_suffix("").as_posix()
         bundle.files[f"{stem}.parquet"] = to_parquet(table)
         bundle.files[f"{stem}.csv"] = table.to_csv(index=False).encode()
-    for name in [n for n in bundle.files if n.endswith("_session_metrics.csv")]:
+    for name in [n for n in bundle.files if fnmatch(n, RunLayout.session_metrics_glob())]:
         table = pd.read_csv(io.BytesIO(bundle.files[name]))
         bundle.files[name.removesuffix(".csv") + ".parquet"] = to_parquet(table)
     bundle.files = {name: data for name, data in bundle.files.items() if keep_file(name, data, secrets)}
@@ -57,7 +57,7 @@ def clean_file(path: Path, secrets: list[str]) -> bytes:
     if path.suffix not in TEXT_SUFFIXES:
         return path.read_bytes()
     text = path.read_text()
-    if path.name.endswith("_spec.json"):
+    if RunLayout.is_spec_file(path.name):
         text = json.dumps(mask_spec_file(json.loads(text)), indent=2) + "\n"
     return scrub_text(text, secrets).encode()
 
@@ -73,11 +73,11 @@ def trial_table(path: Path, run_name: str) -> pd.DataFrame:
     """One row for a trial: run, spec, trial, sessions, the metric that ranks trials and its mode, then each
     metric's mean and ``{metric}_std``."""
     metrics = json.loads(path.read_text())
-    match = TRIAL_METRICS.fullmatch(path.name)
+    spec_name, trial = spec_and_trial_of(path.name)
     row = {
         "run": run_name,
-        "spec_name": match["spec"],
-        "trial": int(match["trial"]),
+        "spec_name": spec_name,
+        "trial": trial,
         "sessions": len(metrics["sessions"]),
         "metric": metrics.get("metric"),
         "metric_mode": metrics.get("metric_mode"),
@@ -96,7 +96,7 @@ def to_parquet(table: pd.DataFrame) -> bytes:
 def run_summary(run_dir: Path, trials: list[pd.DataFrame]) -> dict:
     """Spec, stage, mode, start time, trials and the best trial's metric: the run's line on the repo's card."""
     spec_name = run_dir_spec_name(run_dir.name) or ""
-    spec_file = saved_spec_path(run_dir, spec_name)
+    spec_file = RunLayout(run_dir, spec_name).spec_file
     spec = json.loads(spec_file.read_text()).get(spec_name, {}) if spec_file.is_file() else {}
     meta = spec.get("meta", {})
     summary = {

@@ -20,12 +20,14 @@ from loguru import logger
 
 from hlrp_lab.lib.bundle import run_bundle
 from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.lib.layout import INFO, RunLayout
 from hlrp_lab.lib.names import check_name
 from hlrp_lab.lib.scrub import secret_values
 
 RUNS_FOLDER = "data"
 INDEX = "index.json"
 CARD = "README.md"
+PARQUET = ".parquet"  # the dataset viewer reads the Parquet copies of a run's tables
 COMMIT_ATTEMPTS = 3
 CONFLICT = {409, 412}  # the branch moved since ``parent_commit``
 ENV_FILE = Path(".env")
@@ -76,8 +78,8 @@ def upload_run(run_dir: Path, target: HubTarget, models: bool = False) -> str:
     """Upload ``run_dir``'s results (weights too with ``models``); returns the commit's URL."""
     path = Path(os.path.abspath(run_dir))  # `push .` names its directory too
     run_name = check_name(path.name, "run directory name")  # it becomes a folder of the repo
-    if not (path / "info").is_dir():
-        raise SpecError(f"{run_dir}: not a run directory (no info/ folder)")
+    if not (path / INFO).is_dir():
+        raise SpecError(f"{run_dir}: not a run directory (no {INFO}/ folder)")
     bundle = run_bundle(path, secret_values(env_settings()), models)
     api = hub_api(target)
     api.create_repo(target.repo, repo_type="dataset", private=True, exist_ok=True)
@@ -122,11 +124,13 @@ def dataset_card(repo: str, index: dict[str, dict]) -> str:
     """README.md: one viewer config per table of each run, and a table of the runs."""
     configs = []
     for run in sorted(index):
-        info = f"{RUNS_FOLDER}/{run}/info"
-        configs.append(config(run, f"{info}/*_trial_metrics.parquet"))
-        configs.append(config(f"{run}-sessions", f"{info}/*_session_metrics.parquet"))
+        folder = f"{RUNS_FOLDER}/{run}"
+        configs.append(config(run, f"{folder}/{RunLayout.trial_metrics_glob(PARQUET)}"))
+        configs.append(config(f"{run}-sessions", f"{folder}/{RunLayout.session_metrics_glob(PARQUET)}"))
         if index[run].get("mode") == "search":
-            configs.append(config(f"{run}-experiment", f"{info}/*_experiment.parquet"))
+            configs.append(
+                config(f"{run}-experiment", f"{folder}/{RunLayout.experiment_table_glob(PARQUET)}")
+            )
     data = DatasetCardData(
         pretty_name=f"hlrp-lab results: {repo}", tags=["hlrp-lab", "robotics"], configs=configs
     )

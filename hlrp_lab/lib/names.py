@@ -4,8 +4,9 @@ import re
 
 from hlrp_lab.lib.errors import SpecError
 
-# The longest name stem a run writes is "{name}_{timestamp}_{n}" or ".{name}_t{trial}_s{session}_best_state.pt.tmp";
-# 128 characters leaves room for both within the 255-byte file-name limit of common file systems.
+# The longest names a run writes are its directory "{name}_{timestamp}_{n}" and the temporary file of a
+# checkpoint's state (lib/layout.py); 128 characters leaves room for both within the 255-byte file-name limit
+# of common file systems.
 MAX_NAME_LENGTH = 128
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 

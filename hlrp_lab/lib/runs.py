@@ -12,20 +12,16 @@ from typing import Any
 from loguru import logger
 
 from hlrp_lab.lib.errors import SpecError, first_line
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.scrub import mask_spec_file, scrub_text, secret_values
 from hlrp_lab.lib.util import write_json
 
 DATA_ROOT = Path("data")
 RUN_DIR_NAME = re.compile(r"(?P<spec>.+)_(?P<ts>\d{4}_\d{2}_\d{2}_\d{6})(?:_(?P<n>\d+))?")
-# A run's state in info/status.json: running while it trains (and after a kill), then completed or failed.
+# A run's state (RunLayout.status): running while it trains (and after a kill), then completed or failed.
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 # latest:<spec> is the newest completed run that is not a dev run; latest-dev:<spec> lets dev runs count too.
 LATEST, LATEST_DEV = "latest:", "latest-dev:"
-
-
-def saved_spec_path(run_dir: Path, spec_name: str) -> Path:
-    """The resolved spec a run saved: ``info/{spec_name}_spec.json``."""
-    return run_dir / "info" / f"{spec_name}_spec.json"
 
 
 def write_spec(path: Path, spec_name: str, spec: dict) -> None:
@@ -40,57 +36,44 @@ def run_dir_spec_name(name: str) -> str | None:
     return match["spec"] if match else None
 
 
-def experiment_table_path(run_dir: Path, spec_name: str) -> Path:
-    """A search's table of trials (CSV; a Parquet copy beside it)."""
-    return run_dir / "info" / f"{spec_name}_experiment.csv"
-
-
-def status_path(run_dir: Path) -> Path:
-    return run_dir / "info" / "status.json"
-
-
-def read_status(run_dir: Path) -> dict[str, Any] | None:
-    """``info/status.json`` of a run (``{"status": ..., "error": ...}``); None for runs made before it existed
-    or an unreadable file."""
+def read_status(layout: RunLayout) -> dict[str, Any] | None:
+    """The status file of a run (``{"status": ..., "error": ...}``); None for runs made before it existed or
+    an unreadable file."""
     try:
-        status = json.loads(status_path(run_dir).read_text())
+        status = json.loads(layout.status.read_text())
     except (OSError, ValueError):
         return None
     return status if isinstance(status, dict) else None
 
 
-def write_status(run_dir: Path, status: str, error: str | None = None) -> None:
-    write_json(status_path(run_dir), {"status": status} | ({"error": error} if error else {}))
+def write_status(layout: RunLayout, status: str, error: str | None = None) -> None:
+    write_json(layout.status, {"status": status} | ({"error": error} if error else {}))
 
 
 @contextmanager
-def recorded_status(run_dir: Path) -> Iterator[None]:
-    """Mark ``run_dir`` running, then completed, or failed with the error's first line (secrets masked)."""
-    write_status(run_dir, RUNNING)
+def recorded_status(layout: RunLayout) -> Iterator[None]:
+    """Mark the run running, then completed, or failed with the error's first line (secrets masked)."""
+    write_status(layout, RUNNING)
     try:
         yield
     except BaseException as err:
-        write_status(run_dir, FAILED, scrub_text(first_line(err), secret_values()))
+        write_status(layout, FAILED, scrub_text(first_line(err), secret_values()))
         raise
-    write_status(run_dir, COMPLETED)
+    write_status(layout, COMPLETED)
 
 
-def is_completed(run_dir: Path, spec_name: str) -> bool:
+def is_completed(layout: RunLayout) -> bool:
     """A run that ended well: its status says so, or (a run from before status files) it wrote its results."""
-    status = read_status(run_dir)
+    status = read_status(layout)
     if status is not None:
         return status.get("status") == COMPLETED
-    info = run_dir / "info"
-    return (
-        any(info.glob(f"{spec_name}_t*_trial_metrics.json"))
-        or experiment_table_path(run_dir, spec_name).is_file()
-    )
+    return bool(layout.trials()) or layout.experiment_table.is_file()
 
 
-def saved_mode(run_dir: Path, spec_name: str) -> str | None:
+def saved_mode(layout: RunLayout) -> str | None:
     """The mode a run was started in (``meta.mode`` of its saved spec)."""
     try:
-        spec = json.loads(saved_spec_path(run_dir, spec_name).read_text())[spec_name]
+        spec = json.loads(layout.spec_file.read_text())[layout.spec_name]
         return spec["meta"]["mode"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -102,24 +85,25 @@ def newest_run(spec_name: str, root: Path = DATA_ROOT, dev: bool = False) -> Pat
     runs = []
     for path in root.glob(f"{spec_name}_*"):
         match = RUN_DIR_NAME.fullmatch(path.name)
-        if not (match and match["spec"] == spec_name and saved_spec_path(path, spec_name).is_file()):
+        layout = RunLayout(path, spec_name)
+        if not (match and match["spec"] == spec_name and layout.spec_file.is_file()):
             continue
-        if is_completed(path, spec_name) and (dev or saved_mode(path, spec_name) != "dev"):
+        if is_completed(layout) and (dev or saved_mode(layout) != "dev"):
             runs.append((match["ts"], int(match["n"] or 0), path))
     return max(runs)[2] if runs else None
 
 
-def describe_run(run_dir: Path, spec_name: str) -> str:
+def describe_run(layout: RunLayout) -> str:
     """``data/x_ts (train run, 1000 steps)``: what a resolved reference names, for the log."""
-    mode = saved_mode(run_dir, spec_name) or "unknown mode"
+    mode = saved_mode(layout) or "unknown mode"
     steps = None
-    for path in sorted((run_dir / "info").glob(f"{spec_name}_t*_trial_metrics.json")):
+    for trial in layout.trials():
         try:
-            steps = int(json.loads(path.read_text())["mean"]["step"])
+            steps = int(json.loads(layout.trial_metrics(trial).read_text())["mean"]["step"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         break
-    return f"{run_dir} ({mode} run" + (f", {steps} steps)" if steps is not None else ")")
+    return f"{layout.run_dir} ({mode} run" + (f", {steps} steps)" if steps is not None else ")")
 
 
 @dataclass(frozen=True)
@@ -131,15 +115,19 @@ class RunReference:
     trial: int
     weights: Path
 
+    @property
+    def layout(self) -> RunLayout:
+        """Where the files of the weights' run are."""
+        return RunLayout(self.run_dir, self.spec_name)
+
     def spec(self) -> dict:
         """The spec the weights were trained with: the trial's (a search's trials differ from its spec)."""
-        path = self.run_dir / "info" / f"{self.spec_name}_t{self.trial}_spec.json"
-        return json.loads(path.read_text())[self.spec_name]
+        return json.loads(self.layout.trial_spec(self.trial).read_text())[self.spec_name]
 
     @property
     def stem(self) -> str:
-        """``{spec_name}_t{trial}``: the name stem of the trial's files."""
-        return f"{self.spec_name}_t{self.trial}"
+        """How the names of the trial's files start (``RunLayout.stem``)."""
+        return self.layout.stem(self.trial)
 
 
 def resolve_reference(reference: str, key: str, root: Path = DATA_ROOT) -> RunReference:
@@ -157,32 +145,34 @@ def resolve_reference(reference: str, key: str, root: Path = DATA_ROOT) -> RunRe
             raise SpecError(
                 f"{key}: no {kind} of {spec_name!r} under {root}/{hint}; train it first, or give {forms}"
             )
-        logger.info(f"{key}: {reference} is {describe_run(run_dir, spec_name)}")
-        return best_weights(run_dir, spec_name, key)
+        layout = RunLayout(run_dir, spec_name)
+        logger.info(f"{key}: {reference} is {describe_run(layout)}")
+        return best_weights(layout, key)
     path = Path(reference)
-    run_dir = path.parent.parent if path.suffix == ".safetensors" else path
+    run_dir = RunLayout.run_dir_of(path)
     spec_name = run_dir_spec_name(run_dir.name)
-    if not path.exists() or spec_name is None or not saved_spec_path(run_dir, spec_name).is_file():
+    if not path.exists() or spec_name is None or not RunLayout(run_dir, spec_name).spec_file.is_file():
         raise SpecError(f"{key}: {reference!r} is not {forms}")
-    if path.suffix != ".safetensors":
-        return best_weights(run_dir, spec_name, key)
-    match = re.fullmatch(rf"{re.escape(spec_name)}_t(\d+)_s\d+_\w+\.safetensors", path.name)
-    if match is None:
-        raise SpecError(f"{key}: {path.name} is not named {spec_name}_t<trial>_s<session>_<tag>.safetensors")
-    return RunReference(run_dir, spec_name, int(match[1]), path)
+    layout = RunLayout(run_dir, spec_name)
+    if path == run_dir:
+        return best_weights(layout, key)
+    parsed = layout.parse_checkpoint(path.name)
+    if parsed is None:
+        form = layout.checkpoint("<trial>", "<session>", "<tag>").name
+        raise SpecError(f"{key}: {path.name} is not named {form}")
+    return RunReference(run_dir, spec_name, parsed[0], path)
 
 
-def best_weights(run_dir: Path, spec_name: str, key: str) -> RunReference:
+def best_weights(layout: RunLayout, key: str) -> RunReference:
     """The ``best`` weights of session 0 of the run's best trial (the first row of a search's table)."""
-    table = experiment_table_path(run_dir, spec_name)
     trial = 0
-    if table.is_file():
-        with table.open(newline="") as file:
+    if layout.experiment_table.is_file():
+        with layout.experiment_table.open(newline="") as file:
             trial = int(next(csv.DictReader(file))["trial"])
-    weights = run_dir / "model" / f"{spec_name}_t{trial}_s0_best.safetensors"
+    weights = layout.checkpoint(trial, 0, "best")
     if not weights.is_file():
-        raise SpecError(f"{key}: {run_dir} has no {weights.name}; name a weights file instead")
-    return RunReference(run_dir, spec_name, trial, weights)
+        raise SpecError(f"{key}: {layout.run_dir} has no {weights.name}; name a weights file instead")
+    return RunReference(layout.run_dir, layout.spec_name, trial, weights)
 
 
 def local_run_references(node: Any, key: str = "") -> Iterator[tuple[str, str]]:

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hlrp_lab.lib.errors import RunError
-
-RUN_SUBDIRS = ("info", "graph", "log", "model")
+from hlrp_lab.lib.layout import RunLayout
 
 
 def timestamp() -> str:
@@ -18,7 +17,8 @@ def timestamp() -> str:
 
 
 def make_run_dir(root: Path, spec_name: str, ts: str) -> Path:
-    """Create ``root/{spec_name}_{ts}``; a run started in the same second gets a ``_1``, ``_2``... suffix."""
+    """Create ``root/{spec_name}_{ts}`` and its folders (``RunLayout.folders``); a run started in the same
+    second gets a ``_1``, ``_2``... suffix."""
     root.mkdir(parents=True, exist_ok=True)
     for suffix in ["", *(f"_{i}" for i in range(1, 1000))]:
         run_dir = root / f"{spec_name}_{ts}{suffix}"
@@ -26,8 +26,8 @@ def make_run_dir(root: Path, spec_name: str, ts: str) -> Path:
             run_dir.mkdir()
         except FileExistsError:
             continue
-        for sub in RUN_SUBDIRS:
-            (run_dir / sub).mkdir()
+        for folder in RunLayout(run_dir, spec_name).folders:
+            folder.mkdir()
         return run_dir
     raise FileExistsError(f"no free run directory for {spec_name}_{ts} under {root}")
 

@@ -1,7 +1,7 @@
 """What stages 2 and 3 share: the tokenizer, the VLA with its latent queries, and reading labelled data.
 
 The tokenizer is made once per trial (``prepare_tokenizer``) and saved in the run's
-``model/{spec}_t{trial}_tokenizer/``:
+``RunLayout.tokenizer(trial)`` folder:
 the pretrained model's own, or a word-level one built from the data's instructions; either way with the
 latent head's query tokens added. Sessions, resumed runs, evaluation and later stages load it from there.
 """
@@ -29,6 +29,7 @@ from hlrp_lab.components.vla.tokenizer import (
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.data.shards import manifest_of, raw_samples
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.runs import RunReference
 from hlrp_lab.stages.base import Stage
 
@@ -104,14 +105,14 @@ def placeholder_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
 
 
 def tokenizer_dir(spec: dict) -> Path:
-    """``model/{spec_name}_t{trial}_tokenizer/``: per trial, since a search may vary the query tokens."""
-    meta = spec["meta"]
-    return Path(meta["run_dir"]) / "model" / f"{meta['spec_name']}_t{meta['trial']}_tokenizer"
+    """The trial's tokenizer folder (``RunLayout.tokenizer``): per trial, since a search may vary the query
+    tokens."""
+    return RunLayout.of(spec).tokenizer(spec["meta"]["trial"])
 
 
 def reference_tokenizer_dir(reference: RunReference) -> Path:
     """The tokenizer of the referenced weights' trial."""
-    return reference.run_dir / "model" / f"{reference.stem}_tokenizer"
+    return reference.layout.tokenizer(reference.trial)
 
 
 def prepare_tokenizer(spec: dict, urls: list[str], reference: RunReference | None = None) -> None:
