@@ -148,6 +148,20 @@ def test_eval_of_a_corrupt_best_checkpoint_is_one_line(run_copy):
     assert f"copy {PREFIX}_last.safetensors and {PREFIX}_last_state.pt over these" in str(err.value)
 
 
+def test_a_run_saved_before_stages_declared_their_keys_still_evaluates(run_copy):
+    """Saved specs of every stage held finetune's keys (rollout, train.init_from, ...) with their defaults; an
+    LAQ spec now refuses them, but the runs that saved them still load."""
+    path = run_copy / "info" / "tiny_spec.json"
+    saved = json.loads(path.read_text())
+    saved["tiny"]["rollout"] = {"episodes": 10, "max_steps": 150, "seed": 1000, "workers": 2, "videos": 2}
+    saved["tiny"]["train"].update(init_from=None, eval_rollouts=0)
+    saved["tiny"]["data"]["action_chunk"] = 1
+    path.write_text(json.dumps(saved))
+    run_lab(Path("unused.json"), "tiny", Mode("eval", run_copy), {})
+    metrics = json.loads((run_copy / "info" / "tiny_t0_eval_metrics.json").read_text())
+    assert metrics["mean"]["val_psnr"] > 0
+
+
 # --- Section 2: a writer killed mid-save, stray temporary files -----------------------------------------------
 
 WRITER = """

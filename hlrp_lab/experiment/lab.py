@@ -25,7 +25,7 @@ from hlrp_lab.lib.runs import (
     write_spec,
 )
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp
-from hlrp_lab.spec.check import check_spec
+from hlrp_lab.spec.check import check_spec, drop_former_keys
 from hlrp_lab.spec.search_space import check_search_mode
 from hlrp_lab.spec.spec_util import (
     Mode,
@@ -91,7 +91,7 @@ def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) 
     if not path.is_file():
         raise SpecError(f"{run_dir}: no saved spec {path.name}; is this a run directory of {spec_name!r}?")
     spec = select_spec(read_spec_file(path), spec_name, path)
-    spec = check_spec(apply_overrides(spec, overrides or {}))
+    spec = check_spec(apply_overrides(drop_former_keys(spec), overrides or {}))
     spec["meta"]["run_dir"] = str(run_dir)
     return spec
 
