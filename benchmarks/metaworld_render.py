@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hlrp_lab.data.sources.metaworld import TaskSimulator, episode_seed, import_mujoco, share_cores
+from hlrp_lab.env.metaworld_sim import TaskSimulator, episode_seed, import_mujoco, share_cores
 
 if TYPE_CHECKING:
     import gymnasium as gym

@@ -13,6 +13,12 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 FIGURES = {  # script -> lines its output must hold
     "asha_vs_full.py": [r"ASHA / full: steps \d+\.\d% \(target <= 40%\), best val_psnr \d+\.\d%"],
     "busy_machine.py": [r"ratio: default uses \d+\.\d\dx the CPU time of the lab's setting"],
+    "env_pool.py": [
+        r"old pool: +[\d.]+ steps/s",
+        r"AsyncVectorEnv: +[\d.]+ steps/s",
+        r"ratio AsyncVectorEnv/old: \d+\.\d\d",
+        r"same metrics: yes",
+    ],
     "loader_throughput.py": [
         r"shards \(WebDataset\): +\d+ pairs/s",
         r"PNG files \(map-style\): +\d+ pairs/s",
@@ -24,6 +30,10 @@ FIGURES = {  # script -> lines its output must hold
         r"fast +2 +\d+ +[\d.]+ +[\d.]+ +[\d.]+",
         r"render only, ms/frame: naive [\d.]+, fast [\d.]+",
         r"wall clock: fast / naive [\d.]+x \(1 worker\)",
+    ],
+    "spec_check.py": [
+        r"bad spec, one-line error: +\d+\.\d\d s \(target < 2 s\)",
+        r"ratio build / torch-free: \d+\.\dx",
     ],
 }
 

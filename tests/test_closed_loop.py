@@ -1,13 +1,16 @@
 """Closed-loop evaluation in Meta-World, rendered for real (32x32, headless MuJoCo, spawned workers)."""
 
 import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
-from hlrp_lab.data.sources.metaworld import TASK_DESCRIPTIONS, MetaWorldConfig, MetaWorldSource
+from hlrp_lab.data.sources.config import MetaWorldConfig
+from hlrp_lab.data.sources.metaworld import MetaWorldSource
 from hlrp_lab.env.metaworld_eval import (
     Observation,
     checked_actions,
@@ -15,6 +18,7 @@ from hlrp_lab.env.metaworld_eval import (
     expert_policy,
     random_policy,
 )
+from hlrp_lab.env.metaworld_tasks import TASK_DESCRIPTIONS
 from hlrp_lab.lib.errors import RunError
 
 TASKS = ["reach-v3", "drawer-open-v3"]
@@ -37,7 +41,7 @@ def expert(tmp_path_factory) -> tuple[dict[str, float], Recorder, Path]:
     """The expert on TASKS, 2 episodes each, every episode recorded as a video."""
     video_dir = tmp_path_factory.mktemp("videos")
     recorder = Recorder(expert_policy())
-    result = evaluate_policy(recorder, TASKS, 2, **SETTINGS, video_dir=video_dir, videos=4, video_prefix="x")
+    result = evaluate_policy(recorder, TASKS, 2, **SETTINGS, videos=4, video_prefix=video_dir / "x")
     return result, recorder, video_dir
 
 
@@ -101,6 +105,26 @@ def test_a_failing_policy_leaves_no_workers():
 def test_a_worker_error_names_the_task_and_seed():
     with pytest.raises(RunError, match=r"(?s)drawer-open-v3 episode 0 \(seed \d+\).*no-such-camera"):
         evaluate_policy(random_policy(0), ["drawer-open-v3"], 1, **{**SETTINGS, "camera": "no-such-camera"})
+    assert multiprocessing.active_children() == []
+
+
+def test_a_dead_worker_names_its_episode():
+    """A worker killed mid-episode (the second environment, on reach-v3 episode 1): one line, no workers left."""
+    random = random_policy(0)
+    calls = []
+
+    def killer(obs: Observation) -> np.ndarray:
+        calls.append(len(obs.tasks))
+        if len(calls) == 3:
+            (worker,) = [p for p in multiprocessing.active_children() if p.name.endswith("-1")]
+            os.kill(worker.pid, signal.SIGKILL)
+        return random(obs)
+
+    with pytest.raises(
+        RunError, match=r"^metaworld eval: reach-v3 episode 1 \(seed \d+\): the worker died"
+    ) as err:
+        evaluate_policy(killer, TASKS, 2, **SETTINGS)
+    assert "\n" not in str(err.value) and "exit code -9" in str(err.value)
     assert multiprocessing.active_children() == []
 
 

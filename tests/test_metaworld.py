@@ -10,7 +10,9 @@ from hlrp_lab.cli.main import app
 from hlrp_lab.data.episode import Episode
 from hlrp_lab.data.shards import read_episodes, read_manifest, shard_urls, verify_shards
 from hlrp_lab.data.sources import DATA_SOURCES
-from hlrp_lab.data.sources.metaworld import TASK_DESCRIPTIONS, TASK_SETS, MetaWorldConfig, MetaWorldSource
+from hlrp_lab.data.sources.config import MetaWorldConfig
+from hlrp_lab.data.sources.metaworld import MetaWorldSource
+from hlrp_lab.env.metaworld_tasks import TASK_DESCRIPTIONS, TASK_SETS
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib.errors import RunError, SpecError
 from hlrp_lab.spec.spec_util import parse_mode

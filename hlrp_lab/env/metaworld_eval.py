@@ -2,40 +2,38 @@
 
 Episode ``i`` of a task starts from ``episode_seed(seed, task, i)`` (the data source's seeds: evaluate with a
 seed other than the training data's) and ends at its first success (Meta-World's convention) or after
-``max_steps`` steps. Environments and rendering live in spawned worker processes, never in this one (Mesa's
-llvmpipe and torch's triton crash a process that loads both: see ``metaworld.demonstrations``); this process
-runs the policy once per step on the batch of every active environment, like a vectorized environment. A
-worker that finishes an episode starts the next one waiting, task by task, until every episode is done.
+``max_steps`` steps. Environments and rendering live in the spawned worker processes of a gymnasium
+``AsyncVectorEnv`` of ``MetaWorldEnv``, never in this one (Mesa's llvmpipe and torch's triton crash a process
+that loads both: see ``hlrp_lab.env.metaworld_sim``); this process runs the policy once per step on the batch
+of every active environment. An environment that finishes an episode starts the next one waiting, task by
+task, until every episode is done; those left without one idle (stepped, ignored) until the end.
 
 Frames are rendered by the data source's ``TaskSimulator``, so a policy sees exactly what it was trained on
 for the same ``image_size`` and ``camera``. Results are deterministic for a given policy, seed and number of
 workers; a policy whose actions depend on the batch (one random generator shared by all environments) gets
-other batches, and so other results, with another number of workers.
+other batches, and so other results, with another number of workers. A worker that fails or dies stops the
+evaluation with a one-line ``RunError`` naming its episode (gymnasium logs a failed worker's traceback).
 """
 
-import multiprocessing
 import signal
-import traceback
+import time
+import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode
+from gymnasium.vector.async_vector_env import _async_worker
 from tqdm import tqdm
 
-from hlrp_lab.data.sources.metaworld import (
-    MAX_PATH_LENGTH,
-    TASK_DESCRIPTIONS,
-    SimulatorSlot,
-    episode_seed,
-    expert_action,
-    import_mujoco,
-    share_cores,
-)
-from hlrp_lab.lib.errors import RunError
+from hlrp_lab.env.metaworld_env import MetaWorldEnv
+from hlrp_lab.env.metaworld_sim import ACTION_SIZE, episode_seed, expert_action, import_mujoco, share_cores
+from hlrp_lab.env.metaworld_tasks import MAX_PATH_LENGTH, TASK_DESCRIPTIONS
+from hlrp_lab.lib.errors import RunError, first_line
 
 VIDEO_FPS = 10
 VIDEO_MIN_WIDTH = 128
@@ -73,98 +71,84 @@ class Result:
     success: bool
 
 
-def worker_loop(conn: Connection, image_size: int, camera: str) -> None:
-    """A worker process: answers ("reset", task, seed) and ("step", action) with (frame, state, success).
+@dataclass
+class Slot:
+    """One environment of the vector and the episode it runs."""
 
-    Stops at ("close",) or when the main process is gone. Ctrl-C is left to the main process, which closes
-    its workers; an error is sent back as ("error", traceback).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    share_cores()
-    slot = SimulatorSlot(image_size, camera)
-    try:
-        while (message := conn.recv())[0] != "close":
-            if message[0] == "reset":
-                _, task, seed = message
-                simulator = slot.simulator_for(task)
-                obs, success = simulator.reset(seed), False
-            else:
-                assert slot.simulator is not None
-                simulator = slot.simulator
-                obs, success = simulator.step(message[1])
-            conn.send(("ok", simulator.render(), obs.astype(np.float32), success))
-    except (EOFError, BrokenPipeError):
-        pass  # the main process closed its end: nothing to answer
-    except Exception:  # noqa: BLE001 - whatever failed goes back to the main process, traceback and all
-        try:
-            conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
-    finally:
-        slot.close()
-        conn.close()
-
-
-class Worker:
-    """The main process's handle on one worker process and the episode it runs."""
-
-    def __init__(self, context: Any, image_size: int, camera: str):
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker_loop, args=(child, image_size, camera), daemon=True)
-        self.process.start()
-        child.close()  # the worker holds it now; a dead worker then reads as EOF here
-        self.job: Job | None = None
-        self.steps, self.success = 0, False
-        self.frame, self.state = np.zeros(0, np.uint8), np.zeros(0, np.float32)
-        self.recorded: list[np.ndarray] = []
+    job: Job | None = None
+    steps: int = 0
+    recorded: list[np.ndarray] = field(default_factory=list)
 
     def start(self, job: Job) -> None:
-        """Reset to ``job``'s episode (answered by ``receive``)."""
-        self.job, self.steps, self.success, self.recorded = job, 0, False, []
-        self.send(("reset", job.task, job.seed))
+        self.job, self.steps, self.recorded = job, 0, []
 
-    def step(self, action: np.ndarray) -> None:
-        self.steps += 1
-        self.send(("step", action))
-
-    def send(self, message: tuple) -> None:
-        try:
-            self.conn.send(message)
-        except OSError as err:
-            raise self.failure(f"the worker is gone ({err})") from err
-
-    def receive(self) -> None:
-        """The worker's answer to the last reset or step: frame, state, success."""
-        try:
-            reply = self.conn.recv()
-        except EOFError as err:
-            self.process.join(timeout=1)
-            raise self.failure(f"the worker died (exit code {self.process.exitcode})") from err
-        if reply[0] == "error":
-            raise self.failure(f"the worker failed:\n{reply[1]}")
-        _, self.frame, self.state, self.success = reply
+    def observed(self, frame: np.ndarray) -> None:
         if self.job is not None and self.job.record:
-            self.recorded.append(self.frame)
+            self.recorded.append(frame.copy())  # a view of the vector's shared memory: rewritten next step
 
-    def failure(self, what: str) -> RunError:
+    def describe(self) -> str:
         job = self.job
-        episode = f"{job.task} episode {job.index} (seed {job.seed})" if job else "no episode"
-        return RunError(f"metaworld eval: {episode}: {what}")
+        return f"{job.task} episode {job.index} (seed {job.seed})" if job else "no episode"
 
-    def stop(self) -> None:
-        """Ask the process to stop; with the pipe closed it stops anyway once it has no more to do."""
-        try:
-            self.conn.send(("close",))
-        except OSError:
-            pass
-        self.conn.close()
 
-    def join(self) -> None:
-        """Wait for the process to stop; terminated if it does not in time."""
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join()
+def render_worker(*args: Any) -> None:
+    """gymnasium's worker process, with Ctrl-C left to the main process (which terminates its workers) and one
+    llvmpipe render thread (the workers share the cores)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    share_cores()
+    _async_worker(*args)
+
+
+def vector_env(count: int, image_size: int, camera: str, max_steps: int) -> AsyncVectorEnv:
+    """``count`` spawned ``MetaWorldEnv`` processes (the one built here only gives the spaces: it renders
+    nothing); observations in shared memory, read without a copy (``batch`` copies what it takes)."""
+    envs = [partial(MetaWorldEnv, image_size, camera, max_steps, slot) for slot in range(count)]
+    return AsyncVectorEnv(
+        envs,
+        context="spawn",  # a fresh process: no GL, LLVM or thread state copied
+        copy=False,
+        autoreset_mode=AutoresetMode.DISABLED,  # the evaluator resets each environment to its next episode
+        worker=render_worker,
+    )
+
+
+def terminate(envs: AsyncVectorEnv) -> None:
+    """Stop the workers now: one may be gone or mid-step, so no goodbyes (and no warning that one is)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*Calling `close` while waiting for a pending call")
+        envs.close(terminate=True)
+
+
+Reply = TypeVar("Reply")
+
+
+def guarded(envs: AsyncVectorEnv, slots: list[Slot], call: Callable[[], Reply]) -> Reply:
+    """``call()`` (a reset or step of ``envs``), a worker's error or death turned into a one-line RunError."""
+    try:
+        return call()
+    except Exception as err:  # re-raised from a worker by gymnasium, or a pipe to a dead one
+        raise failure(envs, slots, err) from err
+
+
+def failure(envs: AsyncVectorEnv, slots: list[Slot], err: Exception) -> RunError:
+    """The RunError of a failed call: the episode of the worker that raised ``err`` or died."""
+    # gymnasium drops the pipe of a worker that raised; a dead worker is found by its process
+    failed = [i for i, pipe in enumerate(envs.parent_pipes) if pipe is None]
+    if failed:
+        index, what = failed[0], f"the worker failed: {first_line(err)}"
+    else:
+        deadline, dead = time.monotonic() + 1.0, []
+        while not dead and time.monotonic() < deadline:  # the pipe closes a moment before the process is gone
+            dead = [i for i, process in enumerate(envs.processes) if not process.is_alive()]
+            time.sleep(0.01)
+        if not dead:
+            return RunError(f"metaworld eval: {first_line(err)}")
+        index = dead[0]
+        what = f"the worker died (exit code {envs.processes[index].exitcode})"
+        for i in dead:  # dropped as gymnasium drops a raiser's: closing the vector then terminates the rest
+            envs.parent_pipes[i].close()
+            envs.parent_pipes[i] = None
+    return RunError(f"metaworld eval: {slots[index].describe()}: {what}")
 
 
 def episode_jobs(tasks: list[str], episodes: int, seed: int, videos: int) -> list[Job]:
@@ -175,11 +159,12 @@ def episode_jobs(tasks: list[str], episodes: int, seed: int, videos: int) -> lis
     return [Job(task, i, episode_seed(seed, task, i), (task, i) in recorded) for task, i in jobs]
 
 
-def batch(workers: list[Worker]) -> Observation:
-    tasks = [worker.job.task for worker in workers if worker.job is not None]
+def batch(observation: dict[str, np.ndarray], slots: list[Slot], active: list[int]) -> Observation:
+    """The policy's batch: the active environments' rows (copied out of the vector's shared memory)."""
+    tasks = [job.task for i in active if (job := slots[i].job) is not None]
     return Observation(
-        frames=np.stack([worker.frame for worker in workers]),
-        states=np.stack([worker.state for worker in workers]),
+        frames=observation["frame"][active],
+        states=observation["state"][active],
         tasks=tasks,
         instructions=[TASK_DESCRIPTIONS[task] for task in tasks],
     )
@@ -232,72 +217,82 @@ def evaluate_policy(
     max_steps: int,
     seed: int,
     workers: int,
-    video_dir: Path | None = None,
     videos: int = 0,
-    video_prefix: str = "rollout",
+    video_prefix: Path | None = None,
 ) -> dict[str, float]:
     """Success rate (mean and per task) and mean episode length of ``policy`` over ``episodes`` seeded episodes
     per task, run in ``workers`` spawned processes; the first ``videos`` episodes (one per task first) are
-    written as ``video_dir/{video_prefix}_{task}_{i}.mp4``."""
+    written as ``{video_prefix}_{task}_{i}.mp4`` (``video_prefix``: a folder and the start of a file name)."""
     unknown = [task for task in tasks if task not in TASK_DESCRIPTIONS]
     if unknown or not tasks or episodes < 1 or workers < 1 or not 1 <= max_steps <= MAX_PATH_LENGTH:
         raise ValueError(
             f"evaluate_policy: need known tasks (unknown: {unknown}), episodes >= 1, workers >= 1 and "
             f"1 <= max_steps <= {MAX_PATH_LENGTH}"
         )
-    if videos and video_dir is None:
-        raise ValueError("evaluate_policy: videos need a video_dir")
+    if videos and video_prefix is None:
+        raise ValueError("evaluate_policy: videos need a video_prefix")
     pending = deque(episode_jobs(tasks, episodes, seed, videos))
     results: list[Result] = []
-    context = multiprocessing.get_context("spawn")  # a fresh process: no GL, LLVM or thread state copied
-    pool: list[Worker] = []
+    slots = [Slot() for _ in range(min(workers, len(pending)))]
     progress = tqdm(total=len(pending), desc="evaluating", unit="episode")
+    envs: AsyncVectorEnv | None = None
     try:
-        for _ in range(min(workers, len(pending))):
-            pool.append(Worker(context, image_size, camera))
-        active = start_next(pool, pending)
-        while active:
-            actions = checked_actions(policy(batch(active)), len(active))
-            for worker, action in zip(active, actions, strict=True):
-                worker.step(action)
-            for worker in active:
-                worker.receive()
-            done = [worker for worker in active if worker.success or worker.steps >= max_steps]
-            for worker in done:
-                results.append(finish(worker, video_dir, video_prefix))
-                progress.update()
-                progress.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
-            start_next(done, pending)
-            active = [worker for worker in pool if worker.job is not None]
+        envs = vector_env(len(slots), image_size, camera, max_steps)
+        observation = start_next(envs, slots, list(range(len(slots))), pending)
+        actions = np.zeros((len(slots), ACTION_SIZE), np.float32)  # an idle environment ignores its row
+        while active := [i for i, slot in enumerate(slots) if slot.job is not None]:
+            actions[active] = checked_actions(policy(batch(observation, slots, active)), len(active))
+            observation, _, terminated, truncated, _ = guarded(envs, slots, partial(envs.step, actions))
+            done = []
+            for i in active:
+                slots[i].steps += 1
+                slots[i].observed(observation["frame"][i])
+                if terminated[i] or truncated[i]:
+                    done.append(i)
+                    results.append(finish(slots[i], bool(terminated[i]), video_prefix))
+                    progress.update()
+                    progress.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
+            observation = start_next(envs, slots, done, pending) if done else observation
+    except BaseException:
+        if envs is not None:
+            terminate(envs)
+        raise
+    else:
+        envs.close()
     finally:
         progress.close()
-        for worker in pool:  # all at once: a second Ctrl-C while joining still leaves every pipe closed
-            worker.stop()
-        for worker in pool:
-            worker.join()
     return metrics(results, tasks)
 
 
-def start_next(workers: list[Worker], pending: deque[Job]) -> list[Worker]:
-    """Start the next pending episodes on ``workers`` (those left over go idle); the started ones."""
+def start_next(
+    envs: AsyncVectorEnv, slots: list[Slot], indices: list[int], pending: deque[Job]
+) -> dict[str, np.ndarray]:
+    """Reset the environments ``indices`` to the next pending episodes, all in parallel (those left over go
+    idle); the observation of every environment."""
     started = []
-    for worker in workers:
-        worker.job = None
+    for i in indices:
+        slots[i].job = None
         if pending:
-            worker.start(pending.popleft())
-            started.append(worker)
-    for worker in started:  # all reset in parallel, then read
-        worker.receive()
-    return started
+            slots[i].start(pending.popleft())
+            started.append(i)
+    if not started:
+        return envs.observations
+    mask = np.isin(np.arange(len(slots)), started)
+    seeds = [job.seed if (job := slots[i].job) is not None and mask[i] else None for i in range(len(slots))]
+    options = {"reset_mask": mask, "task": [job.task if (job := slot.job) else None for slot in slots]}
+    observation, _ = guarded(envs, slots, partial(envs.reset, seed=seeds, options=options))
+    for i in started:
+        slots[i].observed(observation["frame"][i])
+    return observation
 
 
-def finish(worker: Worker, video_dir: Path | None, prefix: str) -> Result:
-    """The worker's episode result; its video written if it is recorded."""
-    assert worker.job is not None
-    job = worker.job
-    if job.record and video_dir is not None:
-        write_video(video_dir / f"{prefix}_{job.task}_{job.index}.mp4", worker.recorded)
-    return Result(job, worker.steps, worker.success)
+def finish(slot: Slot, success: bool, video_prefix: Path | None) -> Result:
+    """The slot's episode result; its video written if it is recorded."""
+    assert slot.job is not None
+    job = slot.job
+    if job.record and video_prefix is not None:
+        write_video(Path(f"{video_prefix}_{job.task}_{job.index}.mp4"), slot.recorded)
+    return Result(job, slot.steps, success)
 
 
 def expert_policy() -> Policy:

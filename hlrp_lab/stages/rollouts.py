@@ -1,12 +1,13 @@
 """Closed-loop evaluation of a finetuned policy in Meta-World, with the camera and frame size of its data."""
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from hlrp_lab.data.shards import manifest_of
+from hlrp_lab.env.metaworld_tasks import resolve_tasks
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.layout import RunLayout
 
 Policy = Callable[[np.ndarray, list[str]], np.ndarray]  # (uint8 frames (N, H, W, 3), instructions) -> actions
 
@@ -25,14 +26,11 @@ class Rollouts:
 
     def __init__(self, spec: dict, origin: dict):
         """Rollouts like the Meta-World data of manifest ``origin``."""
-        from hlrp_lab.data.sources.metaworld import resolve_tasks
-
         settings, meta = spec["rollout"], spec["meta"]
         self.tasks = settings["tasks"] or resolve_tasks(origin["source_args"]["tasks"])
         self.camera, self.image_size = origin["source_args"]["camera"], origin["image_size"]
         self.episodes, self.settings = spec["train"]["eval_rollouts"], settings
-        self.video_dir = Path(meta["run_dir"]) / "graph"
-        self.video_prefix = f"{meta['spec_name']}_t{meta['trial']}_s{meta['session']}_rollout"
+        self.video_prefix = RunLayout.of(spec).video_prefix(meta["trial"], meta["session"])
 
     @classmethod
     def of_data(cls, spec: dict, urls: list[str]) -> "Rollouts | None":
@@ -65,7 +63,6 @@ class Rollouts:
             max_steps=self.settings["max_steps"],
             seed=self.settings["seed"],
             workers=self.settings["workers"],
-            video_dir=self.video_dir,
             videos=self.settings["videos"],
             video_prefix=self.video_prefix,
         )
