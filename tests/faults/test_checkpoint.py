@@ -23,7 +23,7 @@ from hlrp_lab.spec.spec_util import Mode
 from tests.conftest import tiny_spec_dict
 
 PREFIX = "tiny_t0_s0"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def temp_files(directory: Path) -> list[str]:

@@ -22,7 +22,7 @@ from hlrp_lab.spec.spec_util import (
 )
 from hlrp_lab.stages import STAGES
 
-LAQ_SPECS = Path(__file__).parents[1] / "specs" / "laq.json"
+LAQ_SPECS = Path(__file__).parents[2] / "specs" / "laq.json"
 LAQ_FAMILIES = STAGES.config_class("laq", "stage").families
 
 

@@ -50,7 +50,7 @@ def test_a_hostile_spec_name_writes_nothing_and_exits_2(tmp_path, monkeypatch, t
 def test_a_data_failure_is_found_before_the_run_directory_exists(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     result = CliRunner().invoke(
         app,
         ["run", str(root / "specs" / "laq.json"), "laq_debug", "dev"]
@@ -170,7 +170,7 @@ def test_the_trial_default_is_the_affinity_not_the_machine():
 
 def test_a_foundation_run_without_its_tokenizer_is_refused_before_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     finetune = json.loads((root / "specs" / "finetune.json").read_text())["ft_debug"]
     finetune["data"]["source"].update(episodes=8, episode_length=6)
     finetune["data"].update(image_size=32, val_split=0.5)

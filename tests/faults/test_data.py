@@ -29,9 +29,9 @@ from hlrp_lab.lib.errors import RunError, SpecError
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.stages.finetune import FinetuneStage
-from tests.test_videos import LOSSLESS_H264, write_video
+from tests.data.test_videos import LOSSLESS_H264, write_video
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \| (INFO   |WARNING) \| ", re.MULTILINE)
 runner = CliRunner()
 

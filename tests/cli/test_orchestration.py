@@ -10,10 +10,10 @@ from pathlib import Path
 
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.spec.spec_util import Mode
+from tests.cli.test_remote import stub
 from tests.conftest import tiny_spec_dict
-from tests.test_remote import stub
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 SCRIPT = """
 import json, os, sys

@@ -21,7 +21,7 @@ from hlrp_lab.cli.main import app
 from hlrp_lab.cli.remote import check_run_references, masked_sets
 from hlrp_lab.lib.errors import SpecError
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 DSTACK_DIR = ROOT / ".dstack"
 TASKS = ["run-cpu-train.yml", "run-cpu-search.yml", "run-gpu-train.yml", "run-gpu-search.yml"]
 PASSED_ENV = ["SPEC_FILE", "SPEC_NAME", "LAB_MODE", "SPEC_VARS", "HF_TOKEN", "HF_REPO"]

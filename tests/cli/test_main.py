@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 LAQ_SPECS = ROOT / "specs" / "laq.json"
 
 

@@ -17,15 +17,15 @@ from hlrp_lab.cli.main import app
 from hlrp_lab.experiment.lab import run_lab
 from hlrp_lab.lib.scrub import MASK, is_secret_name, mask_spec_file
 from hlrp_lab.spec.spec_util import Mode
+from tests.cli.test_remote import stub
 from tests.conftest import tiny_spec_dict
 from tests.fake_hub import FakeHub
-from tests.test_remote import stub
 
 REPO = "lab/results"
 TOKEN = "hf_TestTokenValue0123456789"  # the fake_hub fixture's HF_TOKEN
 SECRET = "SECRET999-wandb-key"
 NAMES = ("rt_secret", "laq_token_ablation")  # spec names that look like secrets
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from hlrp_lab.spec.spec_util import (
     substitute,
 )
 
-LAQ_SPECS = Path(__file__).parents[1] / "specs" / "laq.json"
+LAQ_SPECS = Path(__file__).parents[2] / "specs" / "laq.json"
 # Fast and deterministic: the same examples on every run, nothing written to a .hypothesis/ database.
 PROPERTIES = settings(max_examples=150, deadline=None, derandomize=True, database=None)
 
