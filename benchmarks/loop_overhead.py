@@ -25,6 +25,7 @@ from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.stages import STAGES
+from hlrp_lab.stages.config import LAQConfig
 from hlrp_lab.stages.laq import LAQStage
 
 SPEC_FILE = Path(__file__).parents[1] / "specs" / "laq.json"
@@ -40,6 +41,9 @@ def in_memory_batches(spec: dict) -> list[dict[str, torch.Tensor]]:
         to_float(pairs.batch(batch_indices(len(pairs), data["batch_size"], 0, i)), torch.device("cpu"))
         for i in range(NUM_BATCHES)
     ]
+
+
+STAGES.register_config("laq_in_memory")(LAQConfig)  # LAQ's keys, families and metric
 
 
 @STAGES.register_as("laq_in_memory")
