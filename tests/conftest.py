@@ -64,3 +64,15 @@ def fake_hub(monkeypatch) -> FakeHub:
         monkeypatch.setenv("HF_TOKEN", "hf_TestTokenValue0123456789")
         monkeypatch.setenv("HF_REPO", "lab/results")
         yield hub
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: a second thread only adds waits, which stall on a busy
+    machine. Modules ask for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,21 +8,14 @@ import torch
 from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.lib.errors import SpecError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BATCH, FEATURES, CHUNK, ACTIONS = 16, 32, 4, 4
 NAMES = ACTION_HEADS.names()
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These matrices are tiny: a second intra-op thread only adds waits, which stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def head(name: str, **params) -> torch.nn.Module:

@@ -37,15 +37,6 @@ LABELS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models are tiny: a second intra-op thread only adds waits, which stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def demonstrations() -> list[Episode]:
     """Procedural episodes with frames, actions (2-D) and an instruction."""
     return [generate_episode(100 + i, SIZE, LENGTH, num_objects=2) for i in range(EPISODES)]

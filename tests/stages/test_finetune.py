@@ -14,10 +14,13 @@ from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.data.pairs import is_val_scene
 from hlrp_lab.data.shards import read_episodes, shard_urls
 from hlrp_lab.experiment.build import dry_build
+from hlrp_lab.experiment.loop import evaluate_stage
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.stages.finetune import CHECK_ACTION_DIM, FinetuneStage
 from tests.stages.conftest import BATCH, SIZE, fit_fixed_batch, grad_norm, same_batch, vla_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 CHUNK, ACTION_DIM = 2, 2
@@ -47,12 +50,6 @@ def build(spec: dict, seed: int = 0) -> FinetuneStage:
 @pytest.fixture
 def stage(spec) -> FinetuneStage:
     return build(spec)
-
-
-def evaluate(stage: FinetuneStage) -> dict[str, float]:
-    stage.model.eval()
-    with torch.no_grad():
-        return stage.evaluate()
 
 
 def test_train_batch_is_a_function_of_its_index(stage, spec):
@@ -100,7 +97,7 @@ def test_actions_are_scaled_by_the_percentiles_of_the_training_actions(stage, ac
 
 
 def test_evaluate_reports_the_action_error_and_the_mean_action_baseline(stage):
-    metrics = evaluate(stage)
+    metrics = evaluate_stage(stage, "fp32")
     assert set(metrics) == FINETUNE_METRICS and FinetuneStage.metric in metrics
     assert 0 <= metrics["val_action_mse"] <= 4 and 0 < metrics["mean_action_mse"] <= 4  # actions in [-1, 1]
     assert metrics["val_action_l1"] ** 2 <= metrics["val_action_mse"] + 1e-6 <= 4
@@ -111,11 +108,11 @@ def test_a_policy_that_predicts_the_mean_training_action_scores_the_baseline(sta
     model = stage.model
     mean = model.denormalize(model.normalize(stage.train_actions).mean(0))
     monkeypatch.setattr(stage, "predict", lambda frames, _: mean.expand(len(frames), CHUNK, -1))
-    metrics = evaluate(stage)
+    metrics = evaluate_stage(stage, "fp32")
     assert metrics["val_action_mse"] == pytest.approx(metrics["mean_action_mse"], rel=1e-5)
     target = stage.data.val["action_chunk"]
     monkeypatch.setattr(stage, "predict", lambda frames, _: torch.from_numpy(target))
-    perfect = evaluate(stage)
+    perfect = evaluate_stage(stage, "fp32")
     assert perfect["val_action_mse"] == perfect["val_action_l1"] == 0
     assert perfect["mean_action_mse"] == metrics["mean_action_mse"]
 

@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from hlrp_lab.experiment.build import dry_build
+from hlrp_lab.experiment.loop import evaluate_stage
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.stages.foundation import FoundationStage
@@ -26,6 +27,8 @@ from tests.stages.conftest import (
     same_batch,
     vla_spec,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 FOUNDATION_METRICS = {
@@ -55,12 +58,6 @@ def build(spec: dict, seed: int = 0) -> FoundationStage:
 @pytest.fixture
 def stage(spec) -> FoundationStage:
     return build(spec)
-
-
-def evaluate(stage: FoundationStage) -> dict[str, float]:
-    stage.model.eval()
-    with torch.no_grad():
-        return stage.evaluate()
 
 
 def test_train_batch_is_a_function_of_its_index(stage, spec):
@@ -99,7 +96,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage):
 
 
 def test_evaluate_reports_token_accuracy_and_the_majority_baseline(stage):
-    metrics = evaluate(stage)
+    metrics = evaluate_stage(stage, "fp32")
     assert set(metrics) == FOUNDATION_METRICS and FoundationStage.metric in metrics
     assert 0 <= metrics["val_exact_match"] <= metrics["val_token_acc"] <= 1
     assert math.isfinite(metrics["val_loss"]) and metrics["val_loss"] > 0
@@ -119,11 +116,11 @@ def test_the_metrics_score_what_the_model_predicts(stage, monkeypatch):
     probe = stage.data.probe["codes"]
     majority = torch.tensor([Counter(column.tolist()).most_common(1)[0][0] for column in probe.T])
     monkeypatch.setattr(stage, "logits", lambda pairs: one_hot_logits(majority.expand(len(val), -1)))
-    metrics = evaluate(stage)
+    metrics = evaluate_stage(stage, "fp32")
     assert metrics["val_token_acc"] == pytest.approx(metrics["majority_token_acc"])
     assert majority[1] == CONSTANT_CODE
     monkeypatch.setattr(stage, "logits", lambda pairs: one_hot_logits(val))
-    perfect = evaluate(stage)
+    perfect = evaluate_stage(stage, "fp32")
     assert perfect["val_token_acc"] == perfect["val_exact_match"] == 1 and perfect["val_loss"] < 1e-6
     assert perfect["majority_token_acc"] == metrics["majority_token_acc"]
 

@@ -13,11 +13,14 @@ from hlrp_lab.components.encoder import ENCODERS
 from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.data.dataset import data_urls
 from hlrp_lab.experiment.build import dry_build
+from hlrp_lab.experiment.loop import evaluate_stage
 from hlrp_lab.lib.errors import RunError, SpecError
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.stages.laq import LAQStage
 from tests.conftest import tiny_spec_dict
 from tests.stages.conftest import BATCH, SIZE, fit_fixed_batch, grad_norm, same_batch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 LAQ_METRICS = {
@@ -43,13 +46,6 @@ def build(spec: dict, seed: int = 0) -> LAQStage:
 @pytest.fixture
 def stage(tiny_spec) -> LAQStage:
     return build(tiny_spec)
-
-
-def evaluate(stage: LAQStage) -> dict[str, float]:
-    """As the loop evaluates: the model in eval mode, no gradients."""
-    stage.model.eval()
-    with torch.no_grad():
-        return stage.evaluate()
 
 
 def test_train_batch_is_a_function_of_its_index(stage, tiny_spec):
@@ -88,7 +84,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage):
 
 def test_untrained_model_scores_the_copy_baseline_and_training_moves_it(stage):
     """The residual decoder starts as the identity on frame t: the model scores exactly the copy baseline."""
-    metrics = evaluate(stage)
+    metrics = evaluate_stage(stage, "fp32")
     assert set(metrics) == LAQ_METRICS and LAQStage.metric in metrics
     val = stage.data.val
     copy_mse = np.mean((val["frame_t"] / 255 - val["frame_tk"] / 255) ** 2)
@@ -99,7 +95,7 @@ def test_untrained_model_scores_the_copy_baseline_and_training_moves_it(stage):
     assert math.isfinite(metrics["probe_r2"]) and metrics["probe_r2"] <= 1
     assert metrics["data/skipped_shards"] == 0
     fit_fixed_batch(stage, stage.train_batch(0), steps=5, lr=1e-3)
-    trained = evaluate(stage)
+    trained = evaluate_stage(stage, "fp32")
     assert trained["copy_psnr"] == metrics["copy_psnr"]  # the baseline does not depend on the model
     assert trained["val_psnr"] != metrics["val_psnr"]
     assert trained["psnr_gain"] == pytest.approx(trained["val_psnr"] - trained["copy_psnr"])
@@ -109,7 +105,7 @@ def test_untrained_model_scores_the_copy_baseline_and_training_moves_it(stage):
 def test_a_continuous_latent_reports_no_codebook_usage(shard_cache):
     spec = tiny_spec_dict(shard_cache)
     spec["model"]["quantizer"] = {"name": "Identity", "dim": 8, "num_tokens": 2}
-    metrics = evaluate(build(check_spec(spec)))
+    metrics = evaluate_stage(build(check_spec(spec)), "fp32")
     assert set(metrics) == LAQ_METRICS - {"perplexity", "codes_used"}
 
 
