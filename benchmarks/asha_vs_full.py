@@ -53,7 +53,7 @@ def main() -> None:
     setup_logger()
     sets = parse_sets([*SMOKE, *args.sets] if args.smoke else args.sets)
     spec = check_spec(resolve_spec(SPEC_FILE, args.spec, sets))
-    stage = STAGES.get(spec["stage"], "stage")
+    stage = STAGES.config_class(spec["stage"], "stage")
     params = [key.rpartition("__")[0] for key in spec["search"]]
     init_ray()  # one Ray instance for both searches (a second start in one process can fail to register)
     try:

@@ -70,7 +70,7 @@ class Session:
             history = pd.DataFrame(loop.history)
             metrics_csv = self.layout.session_metrics(self.trial, self.session)
             atomic_write(metrics_csv, lambda file: history.to_csv(file, index=False))
-            graphs = self.stage_cls.graph_metrics
+            graphs = self.stage_cls.Config.graph_metrics
             save_session_graphs(history, graphs, self.layout, self.trial, self.session)
             logger.info(f"{self.stem} done: {format_metrics(metrics)}")
             return metrics
@@ -156,14 +156,14 @@ class Trial:
         self.stage_cls.prepare(self.spec)
         means = None if on_eval is None else EvalMeans(self.spec["meta"]["max_session"], on_eval)
         results = self.map_sessions(run_session, means)
-        stage = self.stage_cls
+        stage = self.stage_cls.Config
         trial_metrics = {
             "metric": stage.metric,
             "metric_mode": stage.metric_mode,
             **aggregate_sessions(results),
         }
         write_json(self.layout.trial_metrics(self.trial), trial_metrics)
-        save_trial_graphs(self.layout, self.trial, self.stage_cls.graph_metrics)
+        save_trial_graphs(self.layout, self.trial, self.stage_cls.Config.graph_metrics)
         logger.info(f"trial_metrics: {format_metrics(trial_metrics['mean'])}")
         logger.info(f"Trial {self.trial} done: {self.layout.run_dir}")
         return trial_metrics

@@ -32,7 +32,7 @@ class Experiment:
         self.spec = spec
         self.layout = RunLayout.of(spec)
         self.spec_name = self.layout.spec_name
-        self.stage_cls = STAGES.get(spec["stage"], "stage")
+        self.stage = STAGES.config_class(spec["stage"], "stage")
 
     def run(self, trial_specs: list[dict]) -> pd.DataFrame:
         """Train ``trial_specs`` one after the other as trials 0, 1, ..."""
@@ -49,10 +49,10 @@ class Experiment:
         prepared by the caller (the lab), once, before the trials start."""
         outcome = run_search(self.spec)
         table = self.tabulate(outcome.records, outcome.params)
-        ranked = table.dropna(subset=[self.stage_cls.metric])
+        ranked = table.dropna(subset=[self.stage.metric])
         if not ranked.empty:
             self.save_best_spec(next(r for r in outcome.records if r.trial == ranked["trial"].iloc[0]))
-        save_experiment_graphs(table, outcome.params, self.stage_cls.metric, self.layout, outcome.log_params)
+        save_experiment_graphs(table, outcome.params, self.stage.metric, self.layout, outcome.log_params)
         keep_models(self.layout.model, self.spec_name, ranked["trial"].tolist(), table["trial"], keep)
         logger.info(f"{self.spec_name} search: {len(table)} trials\n{table.head(10).to_string(index=False)}")
         if outcome.interrupted:
@@ -66,8 +66,8 @@ class Experiment:
         return table
 
     def tabulate(self, records: list[TrialRecord], params: list[str]) -> pd.DataFrame:
-        metric, mode = self.stage_cls.metric, self.stage_cls.metric_mode
-        table = experiment_table(records, metric, mode, params, self.stage_cls.graph_metrics)
+        metric, mode = self.stage.metric, self.stage.metric_mode
+        table = experiment_table(records, metric, mode, params, self.stage.graph_metrics)
         save_table(table, self.layout.experiment_table.with_suffix(""))
         return table
 
@@ -77,5 +77,5 @@ class Experiment:
         spec["meta"].update(trial=0, random_seed=spec["meta"]["random_seed"] + 1000 * record.trial)
         write_spec(self.layout.best_spec, self.spec_name, spec)
         logger.info(
-            f"best trial: {record.trial} ({self.stage_cls.metric} {record.metrics[self.stage_cls.metric]:.4g})"
+            f"best trial: {record.trial} ({self.stage.metric} {record.metrics[self.stage.metric]:.4g})"
         )

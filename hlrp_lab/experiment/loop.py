@@ -136,10 +136,10 @@ class Loop:
             return False
         if self.best is None:
             return True
-        return value > self.best if self.stage.metric_mode == "max" else value < self.best
+        return value > self.best if self.stage.Config.metric_mode == "max" else value < self.best
 
     def save_checkpoints(self, row: dict[str, float]) -> None:
-        value = row[self.stage.metric]
+        value = row[self.stage.Config.metric]
         if self.improved(value):
             self.best = value
             self.checkpoints.save("best", self.stage.model, {"step": self.step, "metrics": row})
@@ -177,7 +177,7 @@ class Loop:
         logger.info(f"{self.checkpoints.prefix}: resumed from step {self.step}")
 
     def final_metrics(self) -> dict[str, float]:
-        last_eval = next(row for row in reversed(self.history) if self.stage.metric in row)
+        last_eval = next(row for row in reversed(self.history) if self.stage.Config.metric in row)
         return {**last_eval, "best": self.best, "train_time": self.train_time}
 
 

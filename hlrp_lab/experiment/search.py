@@ -58,7 +58,7 @@ def run_search(spec: dict) -> SearchOutcome:
     from hlrp_lab.experiment.tune_trial import TrialLog
 
     keys = parse_search(spec["search"])
-    log = TrialLog(keys, STAGES.get(spec["stage"], "stage").metric)
+    log = TrialLog(keys, STAGES.config_class(spec["stage"], "stage").metric)
     owns_ray = not ray.is_initialized()
     if owns_ray:
         init_ray()
@@ -189,7 +189,7 @@ def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
 
     from hlrp_lab.experiment.tune_trial import run_trial
 
-    meta, stage_cls, layout = spec["meta"], STAGES.get(spec["stage"], "stage"), RunLayout.of(spec)
+    meta, stage, layout = spec["meta"], STAGES.config_class(spec["stage"], "stage"), RunLayout.of(spec)
     indices = count()
 
     def trial_name(trial: Any) -> str:
@@ -204,8 +204,8 @@ def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
         trainable,
         param_space={key.path: key.domain() for key in keys},
         tune_config=tune.TuneConfig(
-            metric=stage_cls.metric,
-            mode=stage_cls.metric_mode,
+            metric=stage.metric,
+            mode=stage.metric_mode,
             search_alg=search_algorithm(meta),
             scheduler=scheduler(spec),
             num_samples=meta["max_trial"],

@@ -1,14 +1,13 @@
 """The contract between a stage and the stage-agnostic training loop."""
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from loguru import logger
 from torch import nn
 
 from hlrp_lab.data.dataset import check_data, data_urls
-from hlrp_lab.lib.registry import Registry
 from hlrp_lab.stages.config import StageConfig
 
 
@@ -18,20 +17,11 @@ class Stage(ABC):
     A stage knows nothing about sessions, trials or checkpoints; the loop knows nothing about the stage.
     """
 
-    Config: ClassVar[type[StageConfig]]  # the torch-free half: families, metric, the spec keys it adds
-    families: ClassVar[dict[str, Registry]]  # the rest are Config's, copied for the loop and the trial
-    metric: ClassVar[str]
-    metric_mode: ClassVar[Literal["max", "min"]]
-    graph_metrics: ClassVar[tuple[str, ...]]
+    Config: ClassVar[
+        type[StageConfig]
+    ]  # the torch-free half: families, metric, curves, the spec keys it adds
 
     model: nn.Module
-
-    def __init_subclass__(cls, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        if "Config" in vars(cls):
-            config = cls.Config
-            cls.families, cls.metric, cls.metric_mode = config.families, config.metric, config.metric_mode
-            cls.graph_metrics = config.graph_metrics
 
     @classmethod
     def prepare_data(cls, spec: dict) -> list[str]:

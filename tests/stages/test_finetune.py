@@ -98,7 +98,7 @@ def test_actions_are_scaled_by_the_percentiles_of_the_training_actions(stage, ac
 
 def test_evaluate_reports_the_action_error_and_the_mean_action_baseline(stage):
     metrics = evaluate_stage(stage, "fp32")
-    assert set(metrics) == FINETUNE_METRICS and FinetuneStage.metric in metrics
+    assert set(metrics) == FINETUNE_METRICS and FinetuneStage.Config.metric in metrics
     assert 0 <= metrics["val_action_mse"] <= 4 and 0 < metrics["mean_action_mse"] <= 4  # actions in [-1, 1]
     assert metrics["val_action_l1"] ** 2 <= metrics["val_action_mse"] + 1e-6 <= 4
     assert metrics["data/skipped_shards"] == 0

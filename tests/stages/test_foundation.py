@@ -97,7 +97,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage):
 
 def test_evaluate_reports_token_accuracy_and_the_majority_baseline(stage):
     metrics = evaluate_stage(stage, "fp32")
-    assert set(metrics) == FOUNDATION_METRICS and FoundationStage.metric in metrics
+    assert set(metrics) == FOUNDATION_METRICS and FoundationStage.Config.metric in metrics
     assert 0 <= metrics["val_exact_match"] <= metrics["val_token_acc"] <= 1
     assert math.isfinite(metrics["val_loss"]) and metrics["val_loss"] > 0
     assert 0.5 <= metrics["majority_token_acc"] <= 1  # the second token is always the same code

@@ -85,7 +85,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(stage):
 def test_untrained_model_scores_the_copy_baseline_and_training_moves_it(stage):
     """The residual decoder starts as the identity on frame t: the model scores exactly the copy baseline."""
     metrics = evaluate_stage(stage, "fp32")
-    assert set(metrics) == LAQ_METRICS and LAQStage.metric in metrics
+    assert set(metrics) == LAQ_METRICS and LAQStage.Config.metric in metrics
     val = stage.data.val
     copy_mse = np.mean((val["frame_t"] / 255 - val["frame_tk"] / 255) ** 2)
     assert metrics["copy_psnr"] == pytest.approx(10 * np.log10(1 / copy_mse), rel=1e-4)
