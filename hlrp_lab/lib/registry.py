@@ -6,6 +6,7 @@ modules whose name starts with ``config`` and that import only pydantic, so that
 importing torch; the implementation, in a module of its own, points at its config with ``Config = ...``.
 """
 
+import functools
 import importlib
 import math
 import pkgutil
@@ -114,9 +115,10 @@ class Registry:
             import_package(package, configs_only)
 
 
+@functools.cache
 def import_package(package: str, configs_only: bool) -> None:
     """Import the modules under ``package`` (only its ``config*`` modules if ``configs_only``) so that their
-    classes register themselves."""
+    classes register themselves; once per process (an import is for good, the package walk is not free)."""
     root = importlib.import_module(package)
     for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
         if not configs_only or info.name.rpartition(".")[2].startswith(CONFIG_MODULE_PREFIX):
