@@ -163,7 +163,7 @@ class Trial:
             **aggregate_sessions(results),
         }
         write_json(self.layout.trial_metrics(self.trial), trial_metrics)
-        save_trial_graphs(self.layout, self.trial, self.stage_cls.Config.graph_metrics)
+        save_trial_graphs(self.layout, self.trial, stage.graph_metrics)
         logger.info(f"trial_metrics: {format_metrics(trial_metrics['mean'])}")
         logger.info(f"Trial {self.trial} done: {self.layout.run_dir}")
         return trial_metrics
