@@ -6,7 +6,7 @@ start fast and work in the orchestration-only install.
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,6 +16,9 @@ from hlrp_lab.cli.plot import plot, plot_list
 from hlrp_lab.cli.remote import run_remote
 from hlrp_lab.cli.sync import Models, list_runs, pull, push, upload
 from hlrp_lab.lib.errors import SpecError
+
+if TYPE_CHECKING:
+    from hlrp_lab.spec.spec_util import Mode
 
 app = typer.Typer(
     help="hlrp-lab: spec-driven experiments for latent action models (LAQ -> VLA -> finetuning).",
@@ -37,6 +40,26 @@ SetOption = Annotated[
 ]
 
 
+Ranks = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc-per-node",
+        min=1,
+        help="Train on this many ranks per node (one per GPU, or CPU workers with gloo), launched by torchrun; "
+        "docs/DISTRIBUTED.md.",
+        rich_help_panel="Distributed",
+    ),
+]
+Nodes = Annotated[int, typer.Option(min=1, help="Nodes of the job.", rich_help_panel="Distributed")]
+NodeRank = Annotated[int, typer.Option(min=0, help="This node's index.", rich_help_panel="Distributed")]
+MasterAddr = Annotated[
+    str | None, typer.Option(help="Address of node 0 (several nodes).", rich_help_panel="Distributed")
+]
+MasterPort = Annotated[
+    int | None, typer.Option(help="Rendezvous port on node 0 (default 29500).", rich_help_panel="Distributed")
+]
+
+
 @app.command()
 def run(
     spec_file: Annotated[Path, typer.Argument(help="JSON spec file, e.g. specs/laq.json")],
@@ -52,6 +75,11 @@ def run(
         bool, typer.Option("--upload-hf", help="Afterwards, upload the results to the Hub repo HF_REPO.")
     ] = False,
     upload_models: Models = False,
+    nproc_per_node: Ranks = None,
+    nnodes: Nodes = 1,
+    node_rank: NodeRank = 0,
+    master_addr: MasterAddr = None,
+    master_port: MasterPort = None,
 ) -> None:
     """Run a spec: writes everything under data/{spec_name}_{timestamp}/."""
     from hlrp_lab.spec.spec_util import parse_mode, parse_sets
@@ -62,13 +90,39 @@ def run(
             from hlrp_lab.lib.hub import hub_target
 
             hub_target()  # fail now, not after training, if the results could not be uploaded
+    if nproc_per_node is not None or nnodes > 1:
+        with cli_errors():
+            from hlrp_lab.experiment.launch import Launch, launch
+
+            plan = Launch(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
+            check_launch_spec(spec_file, spec_name, lab_mode, values, plan.ranks)
+            lab_args = ["run", str(spec_file), spec_name, mode, *(f"--set={pair}" for pair in sets or [])]
+            lab_args += [f"--keep={keep}"] + ["--upload-hf"] * upload_hf + ["--upload-models"] * upload_models
+            launch(plan, lab_args)
+        return
+    with cli_errors():
         from hlrp_lab.experiment.lab import run_lab
+        from hlrp_lab.lib.distributed import World
 
         run_dir = run_lab(spec_file, spec_name, lab_mode, values, keep)
+    if not World.launched().main:  # rank 0 reports and uploads for the job
+        return
     typer.echo(f"run directory: {run_dir}")
     if upload_hf:
         with cli_errors():
             upload(run_dir, upload_models)
+
+
+def check_launch_spec(spec_file: Path, spec_name: str, mode: "Mode", values: dict, ranks: int) -> None:
+    """Before starting ranks: the mode runs distributed, and a new run's spec splits over ``ranks``."""
+    from hlrp_lab.spec.spec_util import check_launch
+
+    check_launch(mode.name, ranks)
+    if mode.run_dir is None:
+        from hlrp_lab.spec.check import check_spec
+        from hlrp_lab.spec.spec_util import resolve_spec
+
+        check_spec(resolve_spec(spec_file, spec_name, values), ranks=ranks)
 
 
 @spec_app.command("show")

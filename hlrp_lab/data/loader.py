@@ -1,9 +1,13 @@
 """Frame-pair batches for training and the fixed held-out pairs, read from WebDataset shards.
 
-Scene level streams: resampled shards (an infinite stream; each DDP rank and DataLoader worker draws its own
-shard sequence from a seed made of (seed, rank, worker)), corrupt shards skipped, validation scenes dropped,
-``pairs_per_scene`` pairs per scene, a shuffle buffer, batches. Pair level reads the training scenes once into
-memory and indexes every pair.
+Scene level streams: resampled shards (an infinite stream; each rank resamples its own share of the shards
+and each DataLoader worker draws its own sequence from a seed made of (seed, rank, worker)), corrupt shards
+skipped, validation scenes dropped, ``pairs_per_scene`` pairs per scene, a shuffle buffer, batches. Pair
+level reads the training scenes once into memory and indexes every pair.
+
+``data.batch_size`` is the global batch of an optimizer step: each of the ``ranks x grad_accum`` micro-batches
+of a step holds ``batch_size / (ranks x grad_accum)`` pairs. At pair level they are the disjoint parts of the
+step's global batch (the same pairs on any number of ranks); the held-out pairs are the same on every rank.
 
 Exact resume: the training stream restarts, re-seeded, every ``eval_frequency`` optimizer steps (where the
 loop writes its checkpoints), so a run resumed from a checkpoint sees the batches an uninterrupted run saw.
@@ -31,7 +35,9 @@ from hlrp_lab.data.pairs import (
     scene_rng,
 )
 from hlrp_lab.data.shards import decode_episode, raw_samples, read_episodes
-from hlrp_lab.lib.errors import RunError
+from hlrp_lab.lib.batch import micro_batch
+from hlrp_lab.lib.distributed import World
+from hlrp_lab.lib.errors import RunError, SpecError
 
 VAL_PAIRS_PER_SCENE = 8
 MAX_BARREN_INPUTS = 10_000  # stream inputs in a row without a single pair: the data cannot be used
@@ -88,15 +94,26 @@ def batch_pairs(batch_size: int) -> Callable[[Iterable[Sample]], Iterator[Sample
     return stage
 
 
-def scene_stream(urls: list[str], data: dict, seed: int) -> wds.DataPipeline:
-    """The infinite stream of training batches at scene level, deterministic in ``seed``."""
+def scene_stream(urls: list[str], data: dict, seed: int, batch_size: int | None = None) -> wds.DataPipeline:
+    """The infinite stream of training batches at scene level, deterministic in ``seed``, of ``batch_size``
+    pairs (default ``data.batch_size``)."""
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         raw_samples,
         train_scene_pairs(data, seed),
         wds.shuffle(data["shuffle_buffer"], initial=data["shuffle_buffer"], seed=seed),
-        batch_pairs(data["batch_size"]),
+        batch_pairs(batch_size or data["batch_size"]),
     )
+
+
+def rank_shards(urls: list[str], world: World) -> list[str]:
+    """This rank's share of the shards: every ``world.size``-th, so that no two ranks read the same shard."""
+    if len(urls) < world.size:
+        raise SpecError(
+            f"data: {len(urls)} shard(s) cannot be shared by {world.size} ranks without overlap; write smaller "
+            'shards (`hlrp-lab data ... --shard-size-mb`), or use data.pairs = "pair"'
+        )
+    return urls[world.rank :: world.size]
 
 
 def keep_numpy(batch: Sample) -> Sample:
@@ -211,7 +228,8 @@ class FrameData:
     """What a stage trains and evaluates on: ``train_batch(index)``, the held-out pairs, skipped shards.
 
     ``probe`` holds ``probe_pairs`` training pairs for a stage's probe or baseline, only ``probe_keys`` of
-    them when given.
+    them when given. Training batches are this rank's (``world``, default: the current one) micro-batches of
+    ``micro_batch`` pairs.
     """
 
     def __init__(
@@ -222,8 +240,12 @@ class FrameData:
         seed: int,
         probe_pairs: int,
         probe_keys: tuple[str, ...] | None = None,
+        world: World | None = None,
     ):
         self.urls, self.data, self.seed = urls, data, seed
+        self.world = world or World.current()
+        self.grad_accum = train["grad_accum"]
+        self.micro_batch = micro_batch(data["batch_size"], self.grad_accum, self.world.size)
         self.segment = train["eval_frequency"] * train["grad_accum"]  # micro-batches between checkpoints
         self.skipped: set[str] = set()
         self.train_episodes: list[Episode] = []  # pair level: the training episodes held in memory
@@ -266,15 +288,18 @@ class FrameData:
         self.skipped.update(urls)
 
     def train_batch(self, index: int) -> Sample:
-        """Micro-batch number ``index`` (CPU, uint8 frames); the same index gives the same batch."""
+        """This rank's micro-batch number ``index`` (step x grad_accum + micro; CPU, uint8 frames); the same
+        index gives the same batch."""
         if self.data["pairs"] == "pair":
-            indices = batch_indices(len(self.train_pairs), self.data["batch_size"], self.seed, index)
-            return self.train_pairs.batch(indices)
+            step, micro = divmod(index, self.grad_accum)
+            indices = batch_indices(len(self.train_pairs), self.data["batch_size"], self.seed, step)
+            part = micro * self.world.size + self.world.rank
+            return self.train_pairs.batch(indices[part * self.micro_batch : (part + 1) * self.micro_batch])
         segment, position = divmod(index, self.segment)
         if self.stream is None or index != self.next_index or position == 0:
-            self.stream = batches(
-                scene_stream(self.urls, self.data, stream_seed(self.seed, segment)), self.data["num_workers"]
-            )
+            urls = rank_shards(self.urls, self.world)
+            stream = scene_stream(urls, self.data, stream_seed(self.seed, segment), self.micro_batch)
+            self.stream = batches(stream, self.data["num_workers"])
             for _ in range(position):  # only after a resume between checkpoints
                 next(self.stream)
         batch = next(self.stream)

@@ -2,23 +2,33 @@
 
 Both files are written under temporary names and renamed into place only once both are whole, so no reader ever
 sees a half-written file; ``recover`` finishes or removes what a writer killed mid-save left behind.
+
+A stage that FSDP can shard keeps its `last` checkpoint with torch.distributed.checkpoint instead
+(``ShardedLast``): every rank writes its shards into a folder for the step, then rank 0 renames the state file
+that names the folder into place; any number of ranks (one included) can load it, each reading what it holds.
 """
 
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from hlrp_lab.lib.distributed import World, barrier
 from hlrp_lab.lib.errors import CheckpointError, RunError
-from hlrp_lab.lib.layout import checkpoint_name, checkpoint_state_name
+from hlrp_lab.lib.layout import checkpoint_name, checkpoint_shards_name, checkpoint_state_name
 from hlrp_lab.lib.scrub import error_line
 from hlrp_lab.lib.util import temp_path, write_temp
+
+Weights = nn.Module | dict[str, torch.Tensor]  # a model, or its full state dict
 
 TAGS = ("last", "best")
 MAX_CAUSE_LENGTH = 203  # characters of the underlying error quoted in a checkpoint error
@@ -42,19 +52,27 @@ class Checkpoints:
         """Whether any file of the ``tag`` checkpoint is there (``load`` says if one is missing or unusable)."""
         return self.weights_path(tag).is_file() or self.state_path(tag).is_file()
 
-    def save(self, tag: str, model: nn.Module, state: dict[str, Any]) -> None:
+    @property
+    def advice(self) -> str:
+        return f"free space and resume with train@{self.model_dir.parent}"
+
+    def save(self, tag: str, model: Weights, state: dict[str, Any]) -> None:
         """Write both files under temporary names, then rename each into place (weights first). A write error
         removes the temporary files, leaves the previous checkpoint as it was and raises a one-line RunError."""
         weights, state_file = self.weights_path(tag), self.state_path(tag)
-        advice = f"free space and resume with train@{self.model_dir.parent}"
-        tmp_weights = write_temp(weights, lambda tmp: save_weights(model, tmp, state["step"]), advice)
+        tmp_weights = write_temp(weights, lambda tmp: save_weights(model, tmp, state["step"]), self.advice)
         try:
-            tmp_state = write_temp(state_file, lambda tmp: save_state(state, tmp), advice)
+            tmp_state = write_temp(state_file, lambda tmp: save_state(state, tmp), self.advice)
         except RunError:
             tmp_weights.unlink()
             raise
         os.replace(tmp_weights, weights)
         os.replace(tmp_state, state_file)
+
+    def save_state(self, tag: str, state: dict[str, Any]) -> None:
+        """The state file alone, atomically (a sharded checkpoint's commit point)."""
+        state_file = self.state_path(tag)
+        os.replace(write_temp(state_file, lambda tmp: save_state(state, tmp), self.advice), state_file)
 
     def recover(self) -> None:
         """Finish or remove what a writer killed mid-save left: a whole state file whose weights were already
@@ -114,11 +132,15 @@ class Checkpoints:
         return CheckpointError(f"{problem}; {first}{todo}")
 
 
-def save_weights(model: nn.Module, path: Path, step: int) -> None:
-    """``save_model`` with the step as metadata; its I/O errors raised as OSError (safetensors reports them as
-    SafetensorError)."""
+def save_weights(model: Weights, path: Path, step: int) -> None:
+    """``save_model`` (or ``save_file`` of a full state dict) with the step as metadata; its I/O errors raised
+    as OSError (safetensors reports them as SafetensorError)."""
+    metadata = {"step": str(step)}
     try:
-        save_model(model, str(path), metadata={"step": str(step)})
+        if isinstance(model, nn.Module):
+            save_model(model, str(path), metadata=metadata)
+        else:
+            save_file(unshared(model), str(path), metadata=metadata)
     except SafetensorError as err:
         code = re.search(r"os error (\d+)", str(err))
         raise (OSError(int(code[1]), os.strerror(int(code[1]))) if code else OSError(str(err))) from err
@@ -133,6 +155,20 @@ def save_state(state: dict[str, Any], path: Path) -> None:
             if isinstance(err.__context__, OSError):
                 raise err.__context__ from None
             raise
+
+
+def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict whose tied tensors (one storage under several names) are kept once, contiguous: what
+    ``load_model`` expects of a model with tied weights."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        kept[name] = tensor.contiguous()
+    return kept
 
 
 def weights_step(path: Path) -> int:
@@ -163,3 +199,74 @@ def readable(read: Callable[[Path], int], path: Path) -> int | None:
 def summary(err: BaseException) -> str:
     """What a checkpoint file raised as ``Type: message`` on one line (``error_line``; no secrets in it)."""
     return error_line(err, secrets=[], limit=MAX_CAUSE_LENGTH)
+
+
+class ShardedLast:
+    """The `last` checkpoint of a shardable stage: model and optimizer through torch.distributed.checkpoint
+    into ``{stem}_last_step{step}.dcp/`` (every rank writes its own shards), and the training state beside it,
+    written last by rank 0 and naming the folder. Loaded by any number of ranks: DCP reshards."""
+
+    def __init__(self, checkpoints: Checkpoints):
+        self.checkpoints = checkpoints
+
+    def folder(self, step: int) -> Path:
+        return self.checkpoints.model_dir / checkpoint_shards_name(self.checkpoints.prefix, "last", step)
+
+    def written(self) -> bool:
+        return self.checkpoints.state_path("last").is_file()
+
+    def save(self, module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Every rank: write the shards, then rank 0 commits the state file and removes older folders."""
+        folder = self.folder(state["step"])
+        model_state, optim_state = get_state_dict(module, optimizer)
+        try:
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
+        except OSError as err:
+            raise RunError(f"could not write {folder}: {err}; {self.checkpoints.advice}") from err
+        if World.current().main:
+            self.checkpoints.save_state("last", {**state, "shards": folder.name})
+            self.remove_folders(keep=folder.name)
+        barrier()
+
+    def load(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Load model and optimizer state into this rank's shards of them; return the training state."""
+        state_file = self.checkpoints.state_path("last")
+        state = self.checkpoints.read("last", state_file, read_state)
+        if "shards" not in state:
+            raise CheckpointError(
+                f"{state_file} belongs to a `last` checkpoint written before sharded checkpoints; its run's "
+                "`best` still evaluates: train again to resume"
+            )
+        folder = self.checkpoints.model_dir / state["shards"]
+        if not (folder / ".metadata").is_file():
+            raise self.checkpoints.unusable("last", f"checkpoint folder {folder} is missing or incomplete")
+        model_state, optim_state = get_state_dict(module, optimizer)
+        loaded = {"model": model_state, "optim": optim_state}
+        try:
+            dcp.load(loaded, checkpoint_id=folder)
+        except Exception as err:  # a shard missing, truncated or from another model
+            problem = f"{folder} cannot be loaded into the spec's model ({summary(err)})"
+            raise self.checkpoints.unusable("last", problem) from err
+        set_state_dict(module, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        return state
+
+    def recover(self) -> None:
+        """Rank 0, before loading: remove the folders a killed save left that no state file names."""
+        self.checkpoints.recover()
+        state_file = self.checkpoints.state_path("last")
+        state = readable_state(state_file)
+        if state is not None or not state_file.exists():  # an unreadable state file: keep all for a look
+            self.remove_folders(keep=None if state is None else state.get("shards"))
+
+    def remove_folders(self, keep: str | None) -> None:
+        pattern = checkpoint_shards_name(self.checkpoints.prefix, "last", 0).replace("step0", "step*")
+        for folder in self.checkpoints.model_dir.glob(pattern):
+            if folder.name != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def readable_state(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_state(path)
+    except Exception:  # noqa: BLE001 - missing or unreadable: no folder is named
+        return None

@@ -1,4 +1,8 @@
-"""Session (one seed) and Trial (sessions of one spec, aggregated); a search's trials are in experiment.py."""
+"""Session (one seed) and Trial (sessions of one spec, aggregated); a search's trials are in experiment.py.
+
+In a distributed run every rank runs the trial's sessions one after another, each on all ranks; rank 0 alone
+writes the files they share, and each rank logs to its own file.
+"""
 
 import contextlib
 import os
@@ -20,6 +24,7 @@ from hlrp_lab.experiment.checkpoint import Checkpoints
 from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
 from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.device import pick_device
+from hlrp_lab.lib.distributed import World, barrier
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.runs import write_spec
@@ -61,21 +66,25 @@ class Session:
         return self.stage_cls(self.spec, pick_device(self.spec["train"]["device"]), seed)
 
     def run(self) -> dict[str, float]:
-        log_file = self.layout.log_file(self.trial, self.session)
+        world = World.current()
+        log_file = self.layout.log_file(self.trial, self.session, world.rank if world.distributed else None)
         sink = logger.add(log_file, level=os.environ.get("LOG_LEVEL", "INFO"))
         try:
             callbacks = [] if self.on_eval is None else [partial(self.on_eval, self.session)]
             loop = Loop(self.build_stage(), self.spec, self.checkpoints, on_eval=callbacks)
             metrics = loop.run()
-            history = pd.DataFrame(loop.history)
-            metrics_csv = self.layout.session_metrics(self.trial, self.session)
-            atomic_write(metrics_csv, lambda file: history.to_csv(file, index=False))
-            graphs = self.stage_cls.Config.graph_metrics
-            save_session_graphs(history, graphs, self.layout, self.trial, self.session)
+            if world.main:
+                self.save_history(pd.DataFrame(loop.history))
             logger.info(f"{self.stem} done: {format_metrics(metrics)}")
             return metrics
         finally:
             logger.remove(sink)
+
+    def save_history(self, history: pd.DataFrame) -> None:
+        metrics_csv = self.layout.session_metrics(self.trial, self.session)
+        atomic_write(metrics_csv, lambda file: history.to_csv(file, index=False))
+        graphs = self.stage_cls.Config.graph_metrics
+        save_session_graphs(history, graphs, self.layout, self.trial, self.session)
 
     def evaluate(self, tag: str = "best") -> dict[str, float]:
         """Load the `tag` checkpoint and evaluate it only."""
@@ -152,8 +161,11 @@ class Trial:
 
         ``on_eval(step, row)`` hears the mean over sessions of every evaluation, in this process.
         """
-        write_spec(self.layout.trial_spec(self.trial), self.layout.spec_name, self.spec)
-        self.stage_cls.prepare(self.spec)
+        main = World.current().main
+        if main:
+            write_spec(self.layout.trial_spec(self.trial), self.layout.spec_name, self.spec)
+            self.stage_cls.prepare(self.spec)
+        barrier()  # the trial's own files (its tokenizer) are there for every rank
         means = None if on_eval is None else EvalMeans(self.spec["meta"]["max_session"], on_eval)
         results = self.map_sessions(run_session, means)
         stage = self.stage_cls.Config
@@ -162,8 +174,9 @@ class Trial:
             "metric_mode": stage.metric_mode,
             **aggregate_sessions(results),
         }
-        write_json(self.layout.trial_metrics(self.trial), trial_metrics)
-        save_trial_graphs(self.layout, self.trial, stage.graph_metrics)
+        if main:
+            write_json(self.layout.trial_metrics(self.trial), trial_metrics)
+            save_trial_graphs(self.layout, self.trial, stage.graph_metrics)
         logger.info(f"trial_metrics: {format_metrics(trial_metrics['mean'])}")
         logger.info(f"Trial {self.trial} done: {self.layout.run_dir}")
         return trial_metrics
@@ -179,12 +192,17 @@ class Trial:
     def map_sessions(
         self, fn: Callable[..., dict[str, float]], on_eval: SessionEval | None = None
     ) -> list[dict[str, float]]:
-        """Run ``fn`` on every session spec: inline for one, in parallel spawned processes for more.
+        """Run ``fn`` on every session spec: inline for one, in parallel spawned processes for more; one after
+        another on every rank of a distributed run (each session uses all ranks).
 
         With ``on_eval``, ``fn`` gets it as a keyword; calls from spawned sessions are relayed to this process.
         """
         specs = self.session_specs()
         kwargs = {} if on_eval is None else {"on_eval": on_eval}
+        world = World.current()
+        if world.distributed:
+            threads = max(1, self.cpus // world.local_size)
+            return [fn(spec, threads=threads, **kwargs) for spec in specs]
         workers = min(len(specs), self.cpus)
         threads = max(1, self.cpus // workers)
         if len(specs) == 1:

@@ -1,6 +1,12 @@
-"""What ``hlrp-lab run`` does for each mode: resolve and check the spec, make the run directory, run."""
+"""What ``hlrp-lab run`` does for each mode: resolve and check the spec, make the run directory, run.
 
+Under torchrun every rank runs this: each checks the spec, rank 0 alone prepares the data and makes the run
+directory, and the others take the spec it saved (seed, run directory) before the sessions start together.
+"""
+
+import contextlib
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +15,10 @@ from loguru import logger
 
 from hlrp_lab.experiment.build import dry_build
 from hlrp_lab.experiment.control import Trial
+from hlrp_lab.experiment.distributed import process_group
 from hlrp_lab.experiment.experiment import Experiment
 from hlrp_lab.experiment.search import check_ray_address
+from hlrp_lab.lib.distributed import World, barrier, broadcast_from_main
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.logger import setup_logger
@@ -30,6 +38,7 @@ from hlrp_lab.spec.search_space import check_search_mode
 from hlrp_lab.spec.spec_util import (
     Mode,
     apply_overrides,
+    check_launch,
     override_mode,
     read_spec_file,
     resolve_spec,
@@ -43,12 +52,23 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     ``keep`` trials (-1: all). Everything that can be checked (spec, references, data) is checked before the
     run directory exists; a run that fails after is marked failed in its status file (``RunLayout.status``)."""
     check_name(spec_name, "spec name")
+    check_launch(mode.name, World.launched().size)
     if mode.name == "eval":
         return evaluate_run(mode.run_dir or latest_run_dir(spec_name), spec_name)
     if mode.resume:
         return resume_run(mode.run_dir, spec_name, sets)
     spec = override_mode(dry_build(check_spec(resolve_spec(spec_file, spec_name, sets))), mode.name)
-    setup_logger()  # the console, until the run directory exists
+    setup_logger(quiet=not World.launched().main)  # the console, until the run directory exists
+    with process_group(spec) as world:
+        spec = broadcast_from_main(new_run(spec, spec_file, spec_name, mode) if world.main else None)
+        body = (lambda: Experiment(spec).search(keep)) if mode.name == "search" else Trial(spec).run
+        run_on_ranks(RunLayout.of(spec), body, world)
+    return Path(spec["meta"]["run_dir"])
+
+
+def new_run(spec: dict, spec_file: Path, spec_name: str, mode: Mode) -> dict:
+    """Check what the spec refers to and its data, make the run directory and save the spec there; the spec
+    as saved (rank 0 only)."""
     spec = pin_references(spec)
     check_search_mode(spec, spec_name, mode.name)
     STAGES.get(spec["stage"], "stage").prepare_data(spec)  # data readable and splittable, before any run dir
@@ -65,12 +85,16 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     write_spec(layout.spec_file, spec_name, spec)
     setup_logger(layout.log_file())
     logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
-    with recorded_status(layout):
-        if mode.name == "search":
-            Experiment(spec).search(keep)
-        else:
-            Trial(spec).run()
-    return run_dir
+    return spec
+
+
+def run_on_ranks(layout: RunLayout, body: Callable[[], Any], world: World) -> None:
+    """``body`` on every rank, logging to the run's log (rank 0) and the console; rank 0 records the status."""
+    setup_logger(layout.log_file() if world.main else None, quiet=not world.main)
+    if world.distributed:
+        logger.info(f"{layout.spec_name}: {world.size} ranks, this is rank {world.rank}")
+    with recorded_status(layout) if world.main else contextlib.nullcontext():
+        body()
 
 
 def pin_references(node: Any, key: str = "") -> Any:
@@ -97,18 +121,22 @@ def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) 
 
 
 def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
-    """``train@RUN_DIR``: continue every session from its `last` checkpoint (dotted -s keys may override)."""
+    """``train@RUN_DIR``: continue every session from its `last` checkpoint (dotted -s keys may override), on
+    any number of ranks."""
     plain = [key for key in sets if "." not in key]
     if plain:
         raise SpecError(f"-s {plain[0]}: a resumed run uses its saved spec; only dotted keys can override it")
     spec = load_run_spec(run_dir, spec_name, sets)
     layout = RunLayout(run_dir, spec_name)
-    STAGES.get(spec["stage"], "stage").prepare_data(spec)
-    setup_logger(layout.log_file())
-    logger.info(f"{spec_name}: resuming {run_dir}")
-    with recorded_status(layout):
-        Trial(spec).run()
-    if sets:  # only once they worked: a failed override must not stick to the run
+    setup_logger(quiet=not World.launched().main)
+    with process_group(spec) as world:
+        if world.main:
+            STAGES.get(spec["stage"], "stage").prepare_data(spec)
+            setup_logger(layout.log_file())
+            logger.info(f"{spec_name}: resuming {run_dir}")
+        barrier()
+        run_on_ranks(layout, Trial(spec).run, world)
+    if sets and world.main:  # only once they worked: a failed override must not stick to the run
         pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
         write_spec(layout.spec_file, spec_name, spec)
     return run_dir

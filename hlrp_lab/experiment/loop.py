@@ -1,4 +1,6 @@
-"""The stage-agnostic training loop: steps, logging, evaluation, checkpoints, resume."""
+"""The stage-agnostic training loop: steps, logging, evaluation, checkpoints, resume; on one process or on
+every rank of a distributed session (``distributed.Runner``: DDP or FSDP), where logged values are averaged
+over ranks and rank 0 alone writes the files every rank shares."""
 
 import contextlib
 import math
@@ -8,10 +10,14 @@ from typing import Any
 
 import torch
 from loguru import logger
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from hlrp_lab.experiment.checkpoint import Checkpoints
+from hlrp_lab.experiment.checkpoint import Checkpoints, ShardedLast
+from hlrp_lab.experiment.distributed import Runner
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
+from hlrp_lab.lib.distributed import World, barrier, max_over_ranks, mean_over_ranks
 from hlrp_lab.lib.errors import NonFiniteLossError
 from hlrp_lab.stages.base import Stage
 
@@ -31,8 +37,11 @@ class Loop:
         self.stage = stage
         self.train = spec["train"]
         self.checkpoints = checkpoints
-        self.on_eval = on_eval or []
-        self.params = [p for p in stage.model.parameters() if p.requires_grad]
+        self.sharded = ShardedLast(checkpoints) if stage.Config.shardable else None
+        self.world = World.current()
+        self.on_eval = (on_eval or []) if self.world.main else []
+        self.runner = Runner(stage, spec, self.world)
+        self.params = self.runner.parameters()
         self.optimizer = build_optimizer(self.params, spec["optim"])
         self.scheduler = build_scheduler(self.optimizer, spec["optim"], self.train["max_step"])
         self.device = next(stage.model.parameters()).device
@@ -47,8 +56,10 @@ class Loop:
 
     def run(self) -> dict[str, float]:
         """Train to max_step and return the final metrics (last evaluation plus run statistics)."""
-        self.checkpoints.recover()
-        if self.checkpoints.written("last"):
+        if self.world.main:
+            (self.sharded or self.checkpoints).recover()
+        barrier()
+        if self.sharded.written() if self.sharded else self.checkpoints.written("last"):
             self.restore()
         max_step = self.train["max_step"]
         self.stage.model.train()
@@ -59,6 +70,7 @@ class Loop:
             unit="step",
             dynamic_ncols=True,
             mininterval=1.0,
+            disable=not self.world.main,
         )
         with progress:
             while self.step < max_step:
@@ -73,12 +85,15 @@ class Loop:
         accum = self.train["grad_accum"]
         for micro in range(accum):
             batch = self.stage.train_batch(self.step * accum + micro)
-            with autocast(self.train["precision"], self.device):
-                loss, logs = self.stage.train_step(batch)
-            (loss / accum).backward()
+            with self.runner.gradient_sync(micro == accum - 1):
+                with autocast(self.train["precision"], self.device):
+                    loss, logs = self.runner(batch)
+                (loss / accum).backward()
             self.accumulate({"loss": loss.detach(), **logs}, weight=1 / accum)
         if self.train["grad_clip"] is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train["grad_clip"])
+            if isinstance(grad_norm, DTensor):  # FSDP: the norm over every rank's shards
+                grad_norm = grad_norm.full_tensor()
             self.accumulate({"grad_norm": grad_norm.detach()}, weight=1.0)
         self.optimizer.step()
         self.scheduler.step()
@@ -114,22 +129,27 @@ class Loop:
                 callback(step, row)
 
     def train_row(self) -> dict[str, float]:
-        """Mean training scalars since the last row; raises if any step in the window had a non-finite loss."""
-        bad = int(self.first_bad_step.item())
+        """Mean training scalars since the last row, over steps and ranks; raises on every rank if any step of
+        any rank in the window had a non-finite loss."""
+        bad = max_over_ranks(int(self.first_bad_step.item()))
         if bad >= 0:
             raise NonFiniteLossError(
                 f"{self.checkpoints.prefix}: loss is not finite at step {bad}; {self.kept()}"
             )
         row = {"step": float(self.step), "lr": self.scheduler.get_last_lr()[0]}
-        row.update({k: (v / self.window_steps).item() for k, v in self.sums.items()})
+        row.update(mean_over_ranks({k: v / self.window_steps for k, v in self.sums.items()}))
         row["steps_per_s"] = self.step / self.train_time if self.train_time > 0 else 0.0
         self.sums, self.window_steps = {}, 0
         return row
 
     def evaluate(self) -> dict[str, float]:
-        metrics = evaluate_stage(self.stage, self.train["precision"])
+        """The stage's held-out metrics, through the runner (every rank evaluates; FSDP needs them all),
+        averaged over ranks."""
+        self.stage.model.eval()
+        with torch.no_grad(), autocast(self.train["precision"], self.device):
+            metrics = self.runner(None)
         self.stage.model.train()
-        return metrics
+        return mean_over_ranks(metrics)
 
     def improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -142,9 +162,25 @@ class Loop:
         value = row[self.stage.Config.metric]
         if self.improved(value):
             self.best = value
-            self.checkpoints.save("best", self.stage.model, {"step": self.step, "metrics": row})
-        self.checkpoints.save("last", self.stage.model, self.training_state())
+            self.save_best({"step": self.step, "metrics": row})
+        if self.sharded:
+            self.sharded.save(self.runner.module, self.optimizer, self.training_state())
+        elif self.world.main:  # DDP replicas hold the same weights and optimizer state
+            state = {**self.training_state(), "optimizer": self.optimizer.state_dict()}
+            self.checkpoints.save("last", self.stage.model, state)
         self.saved_step = self.step
+
+    def save_best(self, state: dict[str, Any]) -> None:
+        """`best` as one safetensors file, written by rank 0 (FSDP's shards gathered to it first)."""
+        if not self.runner.sharded:
+            if self.world.main:
+                self.checkpoints.save("best", self.stage.model, state)
+            return
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(self.runner.module, options=options)  # a collective; rank 0 keeps it
+        if self.world.main:
+            weights = {name.removeprefix("model."): tensor for name, tensor in full.items()}
+            self.checkpoints.save("best", weights, state)
 
     def kept(self) -> str:
         """Which checkpoint a failed run leaves to resume from."""
@@ -158,15 +194,17 @@ class Loop:
             "best": self.best,
             "history": self.history,
             "train_time": self.train_time,
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
 
     def restore(self) -> None:
-        state = self.checkpoints.load("last", self.stage.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            state = self.sharded.load(self.runner.module, self.optimizer)
+        else:
+            state = self.checkpoints.load("last", self.stage.model)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"]:
@@ -174,7 +212,7 @@ class Loop:
         self.step, self.best = state["step"], state["best"]
         self.saved_step = self.step
         self.history, self.train_time = state["history"], state["train_time"]
-        logger.info(f"{self.checkpoints.prefix}: resumed from step {self.step}")
+        logger.info(f"{self.checkpoints.prefix}: resumed from step {self.step} on {self.world.size} rank(s)")
 
     def final_metrics(self) -> dict[str, float]:
         last_eval = next(row for row in reversed(self.history) if self.stage.Config.metric in row)

@@ -5,10 +5,11 @@ data/{spec_name}_{timestamp}/
   info/  {spec}_spec.json, status.json, {spec}_experiment.csv (a search), {spec}_best_spec.json,
          {spec}_t{trial}_spec.json, {spec}_t{trial}_trial_metrics.json, {spec}_t{trial}_eval_metrics.json,
          {spec}_t{trial}_s{session}_session_metrics.csv
-  model/ {spec}_t{trial}_s{session}_{last,best}.safetensors (+ _state.pt), {spec}_t{trial}_tokenizer/
+  model/ {spec}_t{trial}_s{session}_{last,best}.safetensors (+ _state.pt), {spec}_t{trial}_tokenizer/,
+         {spec}_t{trial}_s{session}_last_step{step}.dcp/ (a VLA stage's sharded `last`, named by its _state.pt)
   graph/ {spec}_t{trial}_s{session}_session_graph_{metric}, {spec}_t{trial}_trial_graph_{metric},
          {spec}_experiment_graph_{param}, {spec}_t{trial}_s{session}_rollout_*.mp4
-  log/   {spec}.log, {spec}_t{trial}.log, {spec}_t{trial}_s{session}.log
+  log/   {spec}.log, {spec}_t{trial}.log, {spec}_t{trial}_s{session}.log (on several ranks: _rank{r}.log each)
   ray/   a search's Ray Tune files (trials named {spec}_t{trial})
 ```
 A file of trial ``t`` (and session ``s``) starts with its stem ``{spec}_t{t}`` (``{spec}_t{t}_s{s}``).
@@ -43,6 +44,12 @@ def checkpoint_name(stem: str, tag: str) -> str:
 def checkpoint_state_name(stem: str, tag: str) -> str:
     """The state file (optimizer, scheduler, step, history, RNG) beside ``checkpoint_name(stem, tag)``."""
     return f"{stem}_{tag}_state.pt"
+
+
+def checkpoint_shards_name(stem: str, tag: str, step: int) -> str:
+    """The torch.distributed.checkpoint folder (one file per rank) of a sharded ``tag`` checkpoint at ``step``;
+    its state file (``checkpoint_state_name``) names the folder that is whole."""
+    return f"{stem}_{tag}_step{step}.dcp"
 
 
 def spec_and_trial_of(name: str) -> tuple[str, int] | None:
@@ -124,9 +131,9 @@ class RunLayout:
         """A search's best trial's spec."""
         return self.info / f"{self.spec_name}_best{SPEC}"
 
-    def log_file(self, trial: int | None = None, session: int | None = None) -> Path:
-        """The log of the run (the lab's), of a trial, or of a session."""
-        return self.log / f"{self.stem(trial, session)}.log"
+    def log_file(self, trial: int | None = None, session: int | None = None, rank: int | None = None) -> Path:
+        """The log of the run (the lab's), of a trial, or of a session; of one ``rank`` in a distributed run."""
+        return self.log / f"{self.stem(trial, session)}{'' if rank is None else f'_rank{rank}'}.log"
 
     def experiment_graph(self, param: str) -> Path:
         """A search's metric against one searched key (without suffix: PNG and HTML are written)."""

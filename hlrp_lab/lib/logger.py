@@ -11,14 +11,18 @@ from tqdm import tqdm
 FORMAT = "{time:YYYY-MM-DD HH:mm:ss} | {level: <7} | {message}"
 
 
-def setup_logger(log_file: Path | None = None) -> None:
-    """Log at ``LOG_LEVEL`` (default INFO) to stderr and, if given, append to ``log_file``; Python warnings
-    are logged too, in the same format."""
+def setup_logger(log_file: Path | None = None, quiet: bool = False) -> None:
+    """Log at ``LOG_LEVEL`` (default INFO) to stderr (warnings and errors only if ``quiet``: the ranks other
+    than 0 of a distributed run) and, if given, append to ``log_file``; Python warnings are logged too, in the
+    same format."""
     warnings.showwarning = log_warning
     level = os.environ.get("LOG_LEVEL", "INFO")
     logger.remove()
     logger.add(
-        lambda msg: tqdm.write(msg, end="", file=sys.stderr), level=level, format=FORMAT, colorize=False
+        lambda msg: tqdm.write(msg, end="", file=sys.stderr),
+        level="WARNING" if quiet else level,
+        format=FORMAT,
+        colorize=False,
     )
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ block against its config. The dry build of the model on the meta device is a sec
 import pydash
 
 from hlrp_lab.data.sources import DATA_SOURCES
+from hlrp_lab.lib.batch import launched_ranks, micro_batch
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.registry import Registry, printable, validate_model
 from hlrp_lab.spec.schema import Spec, spec_model
@@ -14,8 +15,9 @@ from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.config import StageConfig
 
 
-def check_spec(spec: dict) -> dict:
-    """Validate ``spec`` and return it with every default filled in (what a run saves)."""
+def check_spec(spec: dict, ranks: int | None = None) -> dict:
+    """Validate ``spec`` for ``ranks`` processes (default: as launched) and return it with every default
+    filled in (what a run saves)."""
     stage = stage_config(spec)
     checked = validate_model(Spec if stage is None else spec_model(stage), spec, "").model_dump()
     stage = stage or STAGES.config_class(checked["stage"], "stage")
@@ -23,7 +25,25 @@ def check_spec(spec: dict) -> dict:
     if checked["data"]["source"] is not None:
         checked["data"]["source"] = check_block(DATA_SOURCES, checked["data"]["source"], "data.source")
     check_search(checked)
+    check_distributed(checked, stage, launched_ranks() if ranks is None else ranks)
     return checked
+
+
+def check_distributed(spec: dict, stage: type[StageConfig], ranks: int) -> None:
+    """The strategy fits the stage and the number of ranks, and the global batch splits over them."""
+    train = spec["train"]
+    strategy = train["distributed"]["strategy"]
+    if strategy == "fsdp" and not stage.shardable:
+        raise SpecError(
+            f"train.distributed.strategy: fsdp shards the transformer blocks of a VLA; stage {spec['stage']!r} "
+            "replicates its model: use ddp (or auto)"
+        )
+    if strategy == "none" and ranks > 1:
+        raise SpecError(
+            f"train.distributed.strategy: none trains in one process, but {ranks} ranks were launched; use "
+            "auto, ddp or fsdp, or launch one process"
+        )
+    micro_batch(spec["data"]["batch_size"], train["grad_accum"], ranks)
 
 
 # Keys every stage's saved spec held (with defaults) before stages declared their own keys.

@@ -41,7 +41,10 @@ def type_text(field: FieldInfo) -> str:
 
 def default_text(field: FieldInfo) -> str:
     if field.default_factory is not None:
-        return f"`{json.dumps(field.default_factory())}`"
+        default = field.default_factory()
+        if isinstance(default, BaseModel):  # a nested block: its keys have a table of their own
+            return "see below"
+        return f"`{json.dumps(default)}`"
     if field.default is PydanticUndefined:
         return "required"
     return f"`{json.dumps(field.default)}`"
@@ -56,6 +59,20 @@ def table(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = ()) -> st
             f"| `{prefix}{name}` | {type_text(field)} | {default_text(field)} | {field.description or ''} |"
         )
     return "\n".join(rows)
+
+
+def nested_tables(model: type[BaseModel], prefix: str) -> list[str]:
+    """A table for each block of ``model`` whose default is a model of its own (``train.distributed``)."""
+    parts = []
+    for name, field in model.model_fields.items():
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel) and field.default_factory is nested:
+            parts += [
+                f"### `{prefix}.{name}`",
+                (nested.__doc__ or "").strip(),
+                table(nested, f"{prefix}.{name}."),
+            ]
+    return parts
 
 
 def registry_tables(registry: Registry, key: str) -> list[str]:
@@ -87,6 +104,7 @@ def spec_keys_markdown() -> str:
     parts = ["## Top level", table(Spec, "", skip=tuple(SECTIONS))]
     for section, model in SECTIONS.items():
         parts += [f"## `{section}`", (model.__doc__ or "").strip(), table(model, f"{section}.")]
+        parts += nested_tables(model, section)
     parts.append(f"## Stages\n\n`stage` is one of: {', '.join(f'`{n}`' for n in STAGES.names())}.")
     parts += stage_tables()
     parts.append("## Data sources")

@@ -57,7 +57,11 @@ class DataSpec(Strict):
         2,
         description="Scene level: DataLoader worker processes reading shards; 0 reads in the training process.",
     )
-    batch_size: PositiveInt = Field(32, description="Frame pairs per training micro-batch.")
+    batch_size: PositiveInt = Field(
+        32,
+        description="Frame pairs per optimizer step over all ranks (the global batch): a spec means the same "
+        "experiment on any number of devices.",
+    )
     val_split: float = Field(
         0.1,
         ge=0,
@@ -100,6 +104,26 @@ class OptimSpec(BaseModel):
     )
 
 
+class DistributedSpec(Strict):
+    """How a session trains on several ranks (``--nproc-per-node``, torchrun); see docs/DISTRIBUTED.md."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = Field(
+        "auto",
+        description="auto: none on one process; on several, fsdp for a stage with a trainable VLA "
+        "(foundation, finetune), ddp otherwise (LAQ, a frozen VLA's heads). ddp: DistributedDataParallel; "
+        "fsdp: FSDP2 fully_shard per transformer block.",
+    )
+    cpu_offload: bool = Field(False, description="fsdp: keep parameters and optimizer states on the CPU.")
+    find_unused_parameters: bool = Field(
+        False, description="ddp: allow trainable parameters that get no gradient (DDP's own option)."
+    )
+    timeout_s: PositiveInt = Field(
+        1800,
+        description="Seconds a collective waits for the other ranks before the job fails (rank 0 prepares "
+        "the data while the others wait: raise it for a large dataset generated on first use).",
+    )
+
+
 class TrainSpec(Strict):
     max_step: PositiveInt = Field(1000, description="Optimizer steps per session.")
     log_frequency: PositiveInt = Field(50, description="Steps between training-metric log rows.")
@@ -107,12 +131,24 @@ class TrainSpec(Strict):
         500, description="Steps between evaluations; each writes the `last` (and maybe `best`) checkpoint."
     )
     grad_clip: PositiveFloat | None = Field(1.0, description="Max global gradient norm; null disables.")
-    grad_accum: PositiveInt = Field(1, description="Micro-batches accumulated per optimizer step.")
+    grad_accum: PositiveInt = Field(
+        1,
+        description="Micro-batches accumulated per optimizer step: each rank's micro-batch is "
+        "data.batch_size / (ranks x grad_accum).",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     dev_max_step: PositiveInt = Field(300, description="`dev` mode caps max_step at this value.")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute each transformer block's activations in the backward pass (less memory, "
+        "about a third more compute); torch's checkpoint wrapper.",
+    )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="Several ranks: strategy and its options."
+    )
 
 
 class SearchScheduler(Strict):

@@ -47,6 +47,19 @@ def parse_mode(text: str) -> Mode:
     return Mode(name, path)
 
 
+def check_launch(mode: str, ranks: int) -> None:
+    """Modes that run in one process refuse a distributed launch on ``ranks``."""
+    if ranks > 1 and mode in ("eval", "search"):
+        why = (
+            "a search spreads its trials with Ray Tune"
+            if mode == "search"
+            else "it loads the consolidated best"
+        )
+        raise SpecError(
+            f"{mode} runs in one process ({why}), not on {ranks} ranks; run it without --nproc-per-node or torchrun"
+        )
+
+
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """``-s key=value`` pairs; a value that parses as JSON (number, bool, list) is used as such."""
     values = {}

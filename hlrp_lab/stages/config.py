@@ -28,6 +28,14 @@ class StageConfig:
     metric_mode: ClassVar[Literal["max", "min"]]
     graph_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # curves drawn in graph/
     sections: ClassVar[dict[str, type[BaseModel]]] = {}  # spec keys the stage adds, by section
+    # Whether FSDP may shard the model; such a stage writes its `last` checkpoint with
+    # torch.distributed.checkpoint (sharded, any world size can resume it) and `best` as one safetensors file.
+    shardable: ClassVar[bool] = False
+
+    @classmethod
+    def auto_strategy(cls, spec: dict) -> str:
+        """What ``train.distributed.strategy`` auto means for this stage on several ranks."""
+        return "ddp"
 
     @classmethod
     def eval_mode(cls, spec: dict) -> dict:
@@ -53,8 +61,18 @@ class LAQConfig(StageConfig):
         return config.num_tokens, config.codes
 
 
+class VLAStageConfig(StageConfig):
+    """A stage built on a VLA backbone: FSDP shards it, unless it is frozen and only the heads train."""
+
+    shardable = True
+
+    @classmethod
+    def auto_strategy(cls, spec: dict) -> str:
+        return "ddp" if spec["model"]["vla"].get("freeze") else "fsdp"
+
+
 @STAGES.register_config("foundation")
-class FoundationConfig(StageConfig):
+class FoundationConfig(VLAStageConfig):
     families: ClassVar[dict[str, Registry]] = {"vla": VLAS, "latent_head": LATENT_HEADS}
     metric = "val_token_acc"
     metric_mode = "max"
@@ -96,7 +114,7 @@ class RolloutConfig(Strict):
 
 
 @STAGES.register_config("finetune")
-class FinetuneConfig(StageConfig):
+class FinetuneConfig(VLAStageConfig):
     families: ClassVar[dict[str, Registry]] = {
         "vla": VLAS,
         "latent_head": LATENT_HEADS,

@@ -48,6 +48,7 @@ class VLAPolicy(nn.Module):
     def __init__(self, vla: LatentActionVLA, action_head: nn.Module, action_dim: int):
         super().__init__()
         self.vla, self.action_head = vla, action_head
+        vla.latent_head.requires_grad_(False)  # kept with the weights; the action head reads the queries
         self.register_buffer("action_low", -torch.ones(action_dim))  # saved with the weights
         self.register_buffer("action_high", torch.ones(action_dim))
 
@@ -149,7 +150,7 @@ class FinetuneStage(VLAStage):
             raise SpecError(no_actions(data))
         actions = self.training_actions()
         self.train_actions = torch.from_numpy(actions).to(device)  # for the mean-action baseline
-        self.batch_size, self.device = data["batch_size"], device
+        self.batch_size, self.device = self.data.micro_batch, device  # evaluation chunks, as in training
         self.model = self.build_model(spec, run_tokenizer(spec), actions.shape[1]).to(device)
         low, high = np.percentile(actions, [1, 99], axis=0)
         self.model.action_low.copy_(torch.from_numpy(low))

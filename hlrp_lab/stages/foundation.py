@@ -90,7 +90,7 @@ class FoundationStage(VLAStage):
         urls = data_urls(data)
         self.labels = check_labels(spec, urls)
         self.data = FrameData(urls, data, spec["train"], seed, MAJORITY_PAIRS, probe_keys=("codes",))
-        self.batch_size, self.device = data["batch_size"], device
+        self.batch_size, self.device = self.data.micro_batch, device  # evaluation chunks, as in training
         self.model = self.build_model(spec, run_tokenizer(spec)).to(device)
         self.baseline = majority_baseline(self.data.probe["codes"], self.data.val["codes"])
         logger.info(f"latent actions of {self.labels['laq_run']} (offset {self.labels['offset']})")

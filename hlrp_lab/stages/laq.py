@@ -82,7 +82,10 @@ class LAQStage(Stage):
         self.data = FrameData(data_urls(data), data, spec["train"], seed, PROBE_TRAIN_PAIRS)
         if data["val_split"] == 0:
             logger.warning("data.val_split is 0: evaluating on training pairs")
-        self.batch_size, self.device = data["batch_size"], device
+        self.batch_size, self.device = (
+            data["batch_size"],
+            device,
+        )  # the global batch: metrics do not depend on ranks
         self.model = self.build_model(spec).to(device)
 
     def train_batch(self, index: int) -> dict[str, Any]:

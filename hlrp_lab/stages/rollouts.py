@@ -6,6 +6,7 @@ import numpy as np
 
 from hlrp_lab.data.shards import manifest_of
 from hlrp_lab.env.metaworld_tasks import resolve_tasks
+from hlrp_lab.lib.distributed import World
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.layout import RunLayout
 
@@ -51,7 +52,8 @@ class Rollouts:
             )
 
     def run(self, policy: Policy) -> dict[str, float]:
-        """Success rate per task and overall, and the mean episode length."""
+        """Success rate per task and overall, and the mean episode length (on every rank of a distributed run:
+        a sharded policy needs them all; only rank 0 saves videos)."""
         from hlrp_lab.env.metaworld_eval import evaluate_policy
 
         return evaluate_policy(
@@ -63,6 +65,6 @@ class Rollouts:
             max_steps=self.settings["max_steps"],
             seed=self.settings["seed"],
             workers=self.settings["workers"],
-            videos=self.settings["videos"],
+            videos=self.settings["videos"] if World.current().main else 0,  # rank 0 writes the shared files
             video_prefix=self.video_prefix,
         )

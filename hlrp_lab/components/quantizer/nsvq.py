@@ -4,6 +4,10 @@ In training the decoder sees ``z + ||z - q|| * u`` with ``u`` a random unit vect
 simulated by noise of the same size, so gradients reach the encoder and the codebook without a
 straight-through estimator. In evaluation the decoder sees the nearest code ``q`` itself. Codes unused for
 ``replace_every`` training steps are replaced by random encoder outputs of the current batch.
+
+On several ranks the noise of each sample and the code restarts are those of one process at the same global
+batch: the noise is this rank's rows of the whole batch's, usage is summed over ranks and restarts draw from
+every rank's encoder outputs, so the replicas keep the same codebook.
 """
 
 import torch
@@ -12,6 +16,7 @@ from torch import Tensor, nn
 from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.components.quantizer.base import QuantizerOutput
 from hlrp_lab.components.quantizer.config import NSVQConfig
+from hlrp_lab.lib.distributed import gather_rows, rank_slice_randn, sum_over_ranks
 
 
 @QUANTIZERS.register
@@ -44,7 +49,7 @@ class NSVQ(nn.Module):
         hard = self.codebook[indices].to(z.dtype)
         if not self.training:
             return QuantizerOutput(hard, indices, z.new_zeros(()))
-        noise = torch.randn_like(z)
+        noise = rank_slice_randn(z)
         error = (z - hard).norm(dim=-1, keepdim=True)
         latent = z + error * noise / noise.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.track_usage(indices, z)
@@ -52,12 +57,13 @@ class NSVQ(nn.Module):
 
     @torch.no_grad()
     def track_usage(self, indices: Tensor, z: Tensor) -> None:
-        self.usage += torch.bincount(indices.flatten(), minlength=self.codebook_size).to(self.usage.dtype)
+        counts = torch.bincount(indices.flatten(), minlength=self.codebook_size).to(self.usage.dtype)
+        self.usage += sum_over_ranks(counts)
         self.steps += 1
         if self.replace_every and int(self.steps) % self.replace_every == 0:
             dead = (self.usage == 0).nonzero().flatten()
             if len(dead):
-                candidates = z.detach().flatten(0, -2)
+                candidates = gather_rows(z.detach()).flatten(0, -2)
                 picks = torch.randint(len(candidates), (len(dead),), device=z.device)
                 self.codebook[dead] = candidates[picks].to(self.codebook.dtype)
             self.usage.zero_()

@@ -57,6 +57,7 @@ class VLABackbone(nn.Module, ABC):
         self.register_buffer("mean", torch.tensor(self.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.image_std).view(1, 3, 1, 1), persistent=False)
         self.model.requires_grad_(not config.freeze)
+        freeze_unused_lm_head(self.model)
         self.prompts: dict[tuple[str, str], list[int]] = {}
 
     @property
@@ -113,6 +114,15 @@ class VLABackbone(nn.Module, ABC):
             **self.image_inputs(pixels, input_ids),
         )
         return out.last_hidden_state
+
+
+def freeze_unused_lm_head(model: PreTrainedModel) -> None:
+    """The backbone returns hidden states; its language-model head makes no prediction here and gets no
+    gradient, so it is frozen (DDP and sharded checkpoints expect every trainable parameter to train) unless it
+    is tied to the input embeddings, which do train."""
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        head.requires_grad_(False)
 
 
 def load_pretrained(model_class: type[PreTrainedModel], name: str, dtype: torch.dtype) -> PreTrainedModel:

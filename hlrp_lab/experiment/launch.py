@@ -1,0 +1,84 @@
+"""``hlrp-lab run ... --nproc-per-node N``: the same command on N ranks per node, started by torchrun itself.
+
+The launcher runs torchrun's own launcher in this process (no restarts: a failed rank ends the job); each rank
+runs ``python -m hlrp_lab run ...`` with torchrun's environment and joins the process group from it
+(``distributed.process_group``), as it would when a user starts ``torchrun ... -m hlrp_lab run ...`` by hand.
+"""
+
+import os
+from dataclasses import dataclass
+
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+
+from hlrp_lab.lib.cpus import available_cpus
+from hlrp_lab.lib.errors import RunError
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where the ranks run: ``nproc_per_node`` on each of ``nnodes`` nodes; this node is ``node_rank``, and
+    node 0 (``master_addr``:``master_port``) hosts the rendezvous. One node needs no address."""
+
+    nproc_per_node: int
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def ranks(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def torchrun_args(self) -> list[str]:
+        args = [
+            "--nproc-per-node",
+            str(self.nproc_per_node),
+            "--nnodes",
+            str(self.nnodes),
+            "--max-restarts",
+            "0",
+        ]
+        if self.nnodes == 1 and self.master_addr is None:
+            return [*args, "--standalone"]  # a free local port for the rendezvous
+        port = self.master_port or DEFAULT_PORT
+        return [
+            *args,
+            "--node-rank",
+            str(self.node_rank),
+            "--master-addr",
+            self.master_addr or "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+
+
+def launch(plan: Launch, lab_args: list[str]) -> None:
+    """Run ``hlrp-lab <lab_args>`` on every rank of this node; a RunError naming the first rank that failed."""
+    threads = max(1, available_cpus() // plan.nproc_per_node)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # torch threads per rank (the lab sets them too)
+    try:
+        run(parse_args([*plan.torchrun_args(), "-m", "hlrp_lab", *lab_args]))
+    except ChildFailedError as err:
+        raise RunError(failure_line(err, plan)) from None
+
+
+def failure_line(err: ChildFailedError, plan: Launch) -> str:
+    """Which rank failed first and how, and what happened to the job."""
+    rank, failure = err.get_first_failure()
+    if failure.exitcode < 0:
+        how = f"was killed by {failure.signal_name()}"
+    else:
+        how = f"exited with code {failure.exitcode}"
+        detail = (failure.message or "").strip().splitlines()
+        if detail and "To enable traceback" not in detail[0]:
+            how += f" ({detail[0]})"
+    others = len(err.failures) - 1
+    return (
+        f"rank {rank} of {plan.ranks} (pid {failure.pid}) {how}; torchrun stopped the other ranks"
+        + (f" ({others} more failed)" if others else "")
+        + f"; the rank's own error, if it could print one, is above (and in RUN_DIR/log/*_rank{rank}.log once "
+        "the run had started: resume it with train@RUN_DIR)"
+    )

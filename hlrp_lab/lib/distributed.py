@@ -1,0 +1,117 @@
+"""Where this process stands in a torch.distributed job (torchrun's environment), and the few collectives the
+lab itself needs: rank 0's objects to every rank, means and maxima of logged values, partition-free noise.
+
+Without an initialized process group every function here is the one-process identity, so the same code runs
+on one CPU, one GPU or many ranks.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's ranks: global ``rank`` of ``size``, ``local_rank`` of ``local_size`` on its node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes shared files (run directory, spec, CSV, graphs, Hub)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @classmethod
+    def launched(cls) -> "World":
+        """The world torchrun (or a launcher setting its variables) started this process in."""
+        env = os.environ
+        return cls(
+            rank=int(env.get("RANK", 0)),
+            size=int(env.get("WORLD_SIZE", 1)),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            local_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
+        )
+
+    @classmethod
+    def current(cls) -> "World":
+        """The launched world once the process group is up; one process otherwise (a process that was not
+        launched by torchrun, or that runs outside the group, e.g. a search trial or a test)."""
+        return cls.launched() if dist.is_available() and dist.is_initialized() else cls()
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (any picklable object)."""
+    if not World.current().distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if World.current().distributed:
+        dist.barrier()
+
+
+def mean_over_ranks(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Each scalar averaged over the ranks, in one all_reduce on the CPU (every rank passes the same keys; the
+    default group's backend is ``cuda:nccl,cpu:gloo`` on GPUs); one process: the values as floats."""
+    if not values:
+        return {}
+    stacked = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64).reshape(()).cpu() for v in values.values()]
+    )
+    if World.current().distributed and values:
+        order = sorted(range(len(values)), key=list(values).__getitem__)  # the same on every rank
+        reduced = stacked[order]
+        dist.all_reduce(reduced)
+        stacked[order] = reduced / dist.get_world_size()
+    return dict(zip(values, stacked.tolist(), strict=True))
+
+
+def max_over_ranks(value: int) -> int:
+    if not World.current().distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def rank_slice_randn(like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (B, ...), drawn as this rank's rows of the noise of the
+    whole batch over every rank: with the same seed on every rank, each sample gets the noise it would get in
+    one process at the same global batch, so 1 and N ranks train alike."""
+    world = World.current()
+    if not world.distributed:
+        return torch.randn_like(like)
+    batch = like.shape[0]
+    noise = torch.randn((world.size * batch, *like.shape[1:]), dtype=like.dtype, device=like.device)
+    return noise[world.rank * batch : (world.rank + 1) * batch]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor`` (same shape on each rank), in rank order."""
+    if not World.current().distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over ranks, in place."""
+    if World.current().distributed:
+        dist.all_reduce(tensor)
+    return tensor
