@@ -145,9 +145,7 @@ class Loop:
     def evaluate(self) -> dict[str, float]:
         """The stage's held-out metrics, through the runner (every rank evaluates; FSDP needs them all),
         averaged over ranks."""
-        self.stage.model.eval()
-        with torch.no_grad(), autocast(self.train["precision"], self.device):
-            metrics = self.runner(None)
+        metrics = evaluate_stage(self.stage, self.train["precision"], lambda: self.runner(None))
         self.stage.model.train()
         return mean_over_ranks(metrics)
 
@@ -226,11 +224,14 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def evaluate_stage(stage: Stage, precision: str) -> dict[str, float]:
-    """``stage.evaluate()`` with its model in eval mode, without gradients, under the training precision."""
+def evaluate_stage(
+    stage: Stage, precision: str, evaluate: Callable[[], dict[str, float]] | None = None
+) -> dict[str, float]:
+    """``stage.evaluate()`` (or ``evaluate()``: the same through a distributed runner) with the stage's model in
+    eval mode, without gradients, under the training precision."""
     stage.model.eval()
     with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
-        return stage.evaluate()
+        return (evaluate or stage.evaluate)()
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
