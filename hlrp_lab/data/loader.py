@@ -1,7 +1,8 @@
 """Frame-pair batches for training and the fixed held-out pairs, read from WebDataset shards.
 
-Scene level streams: resampled shards (an infinite stream; each rank resamples its own share of the shards
-and each DataLoader worker draws its own sequence from a seed made of (seed, rank, worker)), corrupt shards
+Scene level streams: resampled shards (an infinite stream; each rank resamples its own share of the shards, or
+of the scenes when there are fewer shards than ranks, and each DataLoader worker draws its own sequence from a
+seed made of (seed, rank, worker)), corrupt shards
 skipped, validation scenes dropped, ``pairs_per_scene`` pairs per scene, a shuffle buffer, batches. Pair
 level reads the training scenes once into memory and indexes every pair.
 
@@ -32,12 +33,13 @@ from hlrp_lab.data.pairs import (
     collate,
     is_val_scene,
     sample_pairs,
+    scene_rank,
     scene_rng,
 )
-from hlrp_lab.data.shards import decode_episode, raw_samples, read_episodes
+from hlrp_lab.data.shards import decode_episode, raw_samples, read_episodes, sample_scene
 from hlrp_lab.lib.batch import micro_batch
 from hlrp_lab.lib.distributed import World
-from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.lib.errors import RunError
 
 VAL_PAIRS_PER_SCENE = 8
 MAX_BARREN_INPUTS = 10_000  # stream inputs in a row without a single pair: the data cannot be used
@@ -49,8 +51,11 @@ def stream_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p % 2**63 for p in parts]).generate_state(1, dtype=np.uint64)[0])
 
 
-def train_scene_pairs(data: dict, seed: int) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
-    """Pipeline stage: raw samples -> pairs of training scenes; skipped-shard markers pass through."""
+def train_scene_pairs(
+    data: dict, seed: int, share: World | None = None
+) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
+    """Pipeline stage: raw samples -> pairs of training scenes (only the scenes of rank ``share.rank`` when
+    the ranks share shards); skipped-shard markers pass through."""
 
     def stage(samples: Iterable[Sample]) -> Iterator[Sample]:
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
@@ -60,6 +65,8 @@ def train_scene_pairs(data: dict, seed: int) -> Callable[[Iterable[Sample]], Ite
             if "__skipped__" in sample:
                 yield sample
                 barren += 1
+                continue
+            if share is not None and scene_rank(sample_scene(sample), share.size) != share.rank:
                 continue
             episode = decode_episode(sample)
             pairs = (
@@ -94,26 +101,25 @@ def batch_pairs(batch_size: int) -> Callable[[Iterable[Sample]], Iterator[Sample
     return stage
 
 
-def scene_stream(urls: list[str], data: dict, seed: int, batch_size: int | None = None) -> wds.DataPipeline:
+def scene_stream(
+    urls: list[str], data: dict, seed: int, batch_size: int | None = None, world: World | None = None
+) -> wds.DataPipeline:
     """The infinite stream of training batches at scene level, deterministic in ``seed``, of ``batch_size``
-    pairs (default ``data.batch_size``)."""
+    pairs (default ``data.batch_size``): of this rank's share of the data when ``world`` has several ranks
+    (every ``world.size``-th shard, or every rank's own scenes when there are fewer shards than ranks)."""
+    share = None
+    if world is not None and world.distributed:
+        if len(urls) >= world.size:
+            urls = urls[world.rank :: world.size]
+        else:
+            share = world
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         raw_samples,
-        train_scene_pairs(data, seed),
+        train_scene_pairs(data, seed, share),
         wds.shuffle(data["shuffle_buffer"], initial=data["shuffle_buffer"], seed=seed),
         batch_pairs(batch_size or data["batch_size"]),
     )
-
-
-def rank_shards(urls: list[str], world: World) -> list[str]:
-    """This rank's share of the shards: every ``world.size``-th, so that no two ranks read the same shard."""
-    if len(urls) < world.size:
-        raise SpecError(
-            f"data: {len(urls)} shard(s) cannot be shared by {world.size} ranks without overlap; write smaller "
-            'shards (`hlrp-lab data ... --shard-size-mb`), or use data.pairs = "pair"'
-        )
-    return urls[world.rank :: world.size]
 
 
 def keep_numpy(batch: Sample) -> Sample:
@@ -297,8 +303,8 @@ class FrameData:
             return self.train_pairs.batch(indices[part * self.micro_batch : (part + 1) * self.micro_batch])
         segment, position = divmod(index, self.segment)
         if self.stream is None or index != self.next_index or position == 0:
-            urls = rank_shards(self.urls, self.world)
-            stream = scene_stream(urls, self.data, stream_seed(self.seed, segment), self.micro_batch)
+            seed = stream_seed(self.seed, segment)
+            stream = scene_stream(self.urls, self.data, seed, self.micro_batch, self.world)
             self.stream = batches(stream, self.data["num_workers"])
             for _ in range(position):  # only after a resume between checkpoints
                 next(self.stream)

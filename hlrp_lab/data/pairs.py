@@ -32,6 +32,13 @@ def is_val_scene(scene: str, val_split: float) -> bool:
     return scene_position(scene) < val_split
 
 
+def scene_rank(scene: str, ranks: int) -> int:
+    """The rank that trains on ``scene`` when ranks share shards: a fixed hash (bytes of the digest that
+    ``scene_position`` does not use, so the share is independent of the validation split)."""
+    digest = hashlib.sha256(scene.encode()).digest()
+    return int.from_bytes(digest[8:16], "big") % ranks
+
+
 def scene_rng(scene: str) -> random.Random:
     """A generator fixed by the scene name (for the validation pairs)."""
     return random.Random(hashlib.sha256(scene.encode()).digest())

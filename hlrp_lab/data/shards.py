@@ -70,6 +70,11 @@ def episode_sample(index: int, episode: Episode) -> dict[str, Any]:
     return sample
 
 
+def sample_scene(sample: dict[str, Any]) -> str:
+    """The scene of a raw sample, without decoding its arrays."""
+    return json.loads(sample["meta.json"])["scene"]
+
+
 def decode_episode(sample: dict[str, Any]) -> Episode:
     """An Episode from a raw (undecoded) WebDataset sample."""
     meta = json.loads(sample["meta.json"])

@@ -27,6 +27,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.nn.parallel import DistributedDataParallel
 
 from hlrp_lab.lib.distributed import World
+from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.base import Stage
 
@@ -165,6 +166,11 @@ def shard(module: nn.Module, device: torch.device, train: dict, world: World) ->
     if device.type == "cuda" and train["precision"] in ("auto", "bf16"):
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if train["distributed"]["cpu_offload"]:
+        if device.type != "cuda":
+            raise SpecError(
+                "train.distributed.cpu_offload: moves a GPU's parameters and optimizer states to the CPU, and "
+                "this run trains on the CPU already; set it to false"
+            )
         options["offload_policy"] = CPUOffloadPolicy()
     blocks = outermost_blocks(module)
     for block in reversed(blocks):  # bottom-up, as fully_shard expects of nested units

@@ -159,14 +159,16 @@ def substitute(node: Any, variables: dict[str, Any], key: str = "") -> Any:
 
 
 def apply_overrides(spec: dict, overrides: dict[str, Any]) -> dict:
-    """Set dotted keys (``-s train.max_step=100``); the parent of each key must be an object. Each dot
-    separates two key names (no list indices), and keys the lab sets itself (LAB_KEYS) cannot be set."""
+    """Set dotted keys (``-s train.max_step=100``); a missing parent becomes an object (so that
+    ``-s train.distributed.strategy=ddp`` works where the spec leaves the block to its defaults; the schema
+    then names a key that does not exist), a parent that is not an object is an error. Each dot separates
+    two key names (no list indices), and keys the lab sets itself (LAB_KEYS) cannot be set."""
     spec = pydash.clone_deep(spec)
     for path, value in overrides.items():
         *parents, last = override_keys(path)
         parent = spec
         for depth, name in enumerate(parents, start=1):
-            parent = parent.get(name)
+            parent = parent.setdefault(name, {})
             if not isinstance(parent, dict):
                 parent_key = ".".join(parents[:depth])
                 raise SpecError(f"-s {printable(path)}: {parent_key!r} is not an object in this spec")

@@ -150,9 +150,19 @@ def test_brackets_in_a_dotted_override_are_part_of_a_key_name_not_a_list_index()
         check_spec(spec)
 
 
-def test_override_under_a_missing_or_non_object_parent_names_it():
-    with pytest.raises(SpecError, match=r"-s train\.nope\.x: 'train\.nope' is not an object"):
-        apply_overrides(base_spec(), {"train.nope.x": 1})
+def test_override_under_a_missing_parent_creates_it_and_the_schema_names_an_unknown_one():
+    spec = apply_overrides(base_spec(), {"train.distributed.strategy": "ddp"})
+    assert check_spec(spec)["train"]["distributed"] == {
+        "strategy": "ddp",
+        "cpu_offload": False,
+        "find_unused_parameters": False,
+        "timeout_s": 1800,
+    }
+    with pytest.raises(SpecError, match=r"train\.nope: "):
+        check_spec(apply_overrides(base_spec(), {"train.nope.x": 1}))
+
+
+def test_override_under_a_non_object_parent_names_it():
     with pytest.raises(SpecError, match=r"-s data\.offsets\.x: 'data\.offsets' is not an object"):
         apply_overrides(base_spec(), {"data.offsets.x": 1})
 

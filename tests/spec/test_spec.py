@@ -82,8 +82,8 @@ def test_dotted_set_overrides_a_key(tmp_path):
     path = write_specs(tmp_path, {"s": base_spec()})
     spec = resolve_spec(path, "s", {"train.max_step": 7, "model.encoder.depth": 1})
     assert spec["train"]["max_step"] == 7 and spec["model"]["encoder"]["depth"] == 1
-    with pytest.raises(SpecError, match="-s nothere.x: 'nothere' is not an object"):
-        resolve_spec(path, "s", {"nothere.x": 1})
+    with pytest.raises(SpecError, match="-s data.image_size.x: 'data.image_size' is not an object"):
+        resolve_spec(path, "s", {"data.image_size.x": 1})
 
 
 def test_unknown_spec_name_lists_names(tmp_path):
