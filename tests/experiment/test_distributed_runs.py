@@ -5,7 +5,8 @@
   file each rank opens for writing, renames or creates).
 - A rank killed mid-run ends the job promptly with a line naming it.
 - ``vla_debug`` (FSDP2) on 2 ranks, SIGKILLed after its first sharded checkpoint, resumes on 1 rank and on 2
-  ranks to the metrics of an uninterrupted run; its consolidated `best` evaluates in one process.
+  ranks (launched by hand with torchrun) to the metrics of an uninterrupted run; its consolidated `best`
+  evaluates in one process.
 """
 
 import json
@@ -121,7 +122,9 @@ def test_laq_on_two_ranks_trains_like_one_and_only_rank0_writes_shared_files(wor
     }
     in_run = {rank: {p for p in paths if p.is_relative_to(two.resolve())} for rank, paths in written.items()}
     rank1_files = {p.relative_to(two.resolve()).as_posix() for p in in_run[1]}
-    assert rank1_files - {"log"} == {"log/laq_debug_t0_s0_rank1.log"}, rank1_files  # "log": its own log's folder
+    assert rank1_files - {"log"} == {"log/laq_debug_t0_s0_rank1.log"}, (
+        rank1_files
+    )  # "log": its own log's folder
     rank0_files = {p.relative_to(two.resolve()).as_posix() for p in in_run[0]}
     for shared in (
         "info/laq_debug_spec.json",
@@ -199,7 +202,18 @@ def test_fsdp_vla_resumes_on_one_and_two_ranks_after_sigkill(workdir, tmp_path):
     shutil.copytree(killed, on_two)
 
     lab("run", FOUNDATION, "vla_debug", f"train@{killed}", cwd=workdir)
-    lab("run", FOUNDATION, "vla_debug", f"train@{on_two}", "--nproc-per-node", "2", cwd=workdir)
+    by_hand = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "hlrp_lab"]
+    out = subprocess.run(
+        [sys.executable, *by_hand, "run", FOUNDATION, "vla_debug", f"train@{on_two}"],
+        cwd=workdir,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )  # as a user launches it with torchrun
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stdout.count("run directory: ") == 1  # rank 0 reports for the job
     keys = ["loss", "val_loss", "val_token_acc", "val_exact_match"]
     for resumed in (killed, on_two):
         # 1e-3: the resumed half trains ~50 steps with sums in another order (1 rank vs 2 shards)

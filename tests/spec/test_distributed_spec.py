@@ -20,8 +20,7 @@ VLA = NO_VARS[1:]
 
 
 def spec(file: str, name: str, distributed: dict | None = None, **sets) -> dict:
-    """The spec ``name`` of ``file`` with ``-s`` values, and a ``train.distributed`` block when given (the
-    shipped specs have none, and ``-s`` sets keys of blocks a spec has)."""
+    """The spec ``name`` of ``file`` with ``-s`` values, and a whole ``train.distributed`` block when given."""
     resolved = resolve_spec(SPECS / file, name, sets)
     if distributed is not None:
         resolved["train"]["distributed"] = distributed
