@@ -20,6 +20,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hlrp_lab.lib.distributed import World, barrier
@@ -161,9 +162,9 @@ def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict whose tied tensors (one storage under several names) are kept once, contiguous: what
     ``load_model`` expects of a model with tied weights."""
     kept: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int]] = set()
+    seen: set[tuple] = set()
     for name, tensor in tensors.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
         if key in seen:
             continue
         seen.add(key)
@@ -221,8 +222,8 @@ class ShardedLast:
         model_state, optim_state = get_state_dict(module, optimizer)
         try:
             dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
-        except OSError as err:
-            raise RunError(f"could not write {folder}: {err}; {self.checkpoints.advice}") from err
+        except (OSError, CheckpointException) as err:  # DCP reports its ranks' write errors as the latter
+            raise RunError(f"could not write {folder}: {summary(err)}; {self.checkpoints.advice}") from err
         if World.current().main:
             self.checkpoints.save_state("last", {**state, "shards": folder.name})
             self.remove_folders(keep=folder.name)
@@ -244,7 +245,7 @@ class ShardedLast:
         loaded = {"model": model_state, "optim": optim_state}
         try:
             dcp.load(loaded, checkpoint_id=folder)
-        except Exception as err:  # a shard missing, truncated or from another model
+        except (Exception, CheckpointException) as err:  # a shard missing, truncated or from another model
             problem = f"{folder} cannot be loaded into the spec's model ({summary(err)})"
             raise self.checkpoints.unusable("last", problem) from err
         set_state_dict(module, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
@@ -259,8 +260,9 @@ class ShardedLast:
             self.remove_folders(keep=None if state is None else state.get("shards"))
 
     def remove_folders(self, keep: str | None) -> None:
-        pattern = checkpoint_shards_name(self.checkpoints.prefix, "last", 0).replace("step0", "step*")
-        for folder in self.checkpoints.model_dir.glob(pattern):
+        for folder in self.checkpoints.model_dir.glob(
+            checkpoint_shards_name(self.checkpoints.prefix, "last", "*")
+        ):
             if folder.name != keep:
                 shutil.rmtree(folder, ignore_errors=True)
 

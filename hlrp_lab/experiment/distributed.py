@@ -22,6 +22,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
@@ -49,6 +50,7 @@ def process_group(spec: dict) -> Iterator[World]:
     dist.init_process_group("cuda:nccl,cpu:gloo" if cuda else "gloo", timeout=timeout)
     try:
         yield World.current()
+        dist.barrier()  # no rank leaves while another still waits on it (e.g. rank 0 writing the last files)
     finally:
         dist.destroy_process_group()
 
@@ -127,14 +129,36 @@ class Runner:
                 fsdp.set_requires_gradient_sync(True)
 
 
+def full_weights(root: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole weights of ``model`` inside FSDP-sharded ``root``, gathered to rank 0's CPU (a collective:
+    every rank calls it; the others get an empty dict), named as ``model`` names them, each tied parameter
+    once (as ``safetensors.torch.load_model`` expects)."""
+    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    prefix = next(name for name, module in root.named_modules() if module is model)
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    aliases = every - {name for name, _ in model.named_parameters()}
+    named = {name.removeprefix(f"{prefix}.") if prefix else name: tensor for name, tensor in full.items()}
+    return {name: tensor for name, tensor in named.items() if name not in aliases}
+
+
 def block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
-    """The transformer block classes of ``model``: torch's layers, and those transformers says must not be
-    split (``_no_split_modules``) in each of its models."""
+    """The transformer block classes of ``model``: torch's transformer layers and the modules transformers says
+    must not be split (``_no_split_modules``), each widened to the layer of the ``nn.ModuleList`` that holds it
+    (for some models the no-split module is the attention inside the layer that is the block)."""
     names = set()
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or ())
-    found = {type(m) for m in model.modules() if type(m).__name__ in names}
-    return (*TORCH_BLOCKS, *sorted(found, key=lambda cls: cls.__name__))
+    layer_of: dict[int, nn.Module] = {}  # a module -> the innermost ModuleList item holding it
+    for layers in model.modules():
+        if isinstance(layers, nn.ModuleList):
+            for layer in layers:
+                layer_of.update((id(m), layer) for m in layer.modules())
+    found = {
+        type(layer_of.get(id(m), m))
+        for m in model.modules()
+        if isinstance(m, TORCH_BLOCKS) or type(m).__name__ in names
+    }
+    return tuple(sorted(found, key=lambda cls: cls.__name__))
 
 
 def checkpoint_blocks(model: nn.Module) -> None:

@@ -10,12 +10,11 @@ from typing import Any
 
 import torch
 from loguru import logger
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from hlrp_lab.experiment.checkpoint import Checkpoints, ShardedLast
-from hlrp_lab.experiment.distributed import Runner
+from hlrp_lab.experiment.distributed import Runner, full_weights
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
 from hlrp_lab.lib.distributed import World, barrier, max_over_ranks, mean_over_ranks
 from hlrp_lab.lib.errors import NonFiniteLossError
@@ -174,10 +173,8 @@ class Loop:
             if self.world.main:
                 self.checkpoints.save("best", self.stage.model, state)
             return
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        full = get_model_state_dict(self.runner.module, options=options)  # a collective; rank 0 keeps it
+        weights = full_weights(self.runner.module, self.stage.model)  # a collective; rank 0 gets them
         if self.world.main:
-            weights = {name.removeprefix("model."): tensor for name, tensor in full.items()}
             self.checkpoints.save("best", weights, state)
 
     def kept(self) -> str:

@@ -46,9 +46,10 @@ def checkpoint_state_name(stem: str, tag: str) -> str:
     return f"{stem}_{tag}_state.pt"
 
 
-def checkpoint_shards_name(stem: str, tag: str, step: int) -> str:
-    """The torch.distributed.checkpoint folder (one file per rank) of a sharded ``tag`` checkpoint at ``step``;
-    its state file (``checkpoint_state_name``) names the folder that is whole."""
+def checkpoint_shards_name(stem: str, tag: str, step: int | str) -> str:
+    """The torch.distributed.checkpoint folder (one file per rank) of a sharded ``tag`` checkpoint at ``step``
+    (``"*"``: a glob of every step); its state file (``checkpoint_state_name``) names the folder that is
+    whole."""
     return f"{stem}_{tag}_step{step}.dcp"
 
 
