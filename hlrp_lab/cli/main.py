@@ -98,11 +98,11 @@ def run(
             check_launch_spec(spec_file, spec_name, lab_mode, values, plan.ranks)
             lab_args = ["run", str(spec_file), spec_name, mode, *(f"--set={pair}" for pair in sets or [])]
             lab_args += [f"--keep={keep}"] + ["--upload-hf"] * upload_hf + ["--upload-models"] * upload_models
-            launch(plan, lab_args)
+            launch(plan, spec_name, lab_args)
         return
     with cli_errors():
         from hlrp_lab.experiment.lab import run_lab
-        from hlrp_lab.lib.distributed import World
+        from hlrp_lab.lib.world import World
 
         run_dir = run_lab(spec_file, spec_name, lab_mode, values, keep)
     if not World.launched().main:  # rank 0 reports and uploads for the job
@@ -114,15 +114,25 @@ def run(
 
 
 def check_launch_spec(spec_file: Path, spec_name: str, mode: "Mode", values: dict, ranks: int) -> None:
-    """Before starting ranks: the mode runs distributed, and a new run's spec splits over ``ranks``."""
-    from hlrp_lab.spec.spec_util import check_launch
+    """Before starting ranks: the mode runs distributed, and the spec (a new run's, or a resumed run's saved
+    one) splits over ``ranks``; a resumed run keeps its batch, so the advice is a number of ranks."""
+    from hlrp_lab.spec.check import check_spec, load_run_spec
+    from hlrp_lab.spec.spec_util import check_launch, resolve_spec
 
     check_launch(mode.name, ranks)
     if mode.run_dir is None:
-        from hlrp_lab.spec.check import check_spec
-        from hlrp_lab.spec.spec_util import resolve_spec
-
         check_spec(resolve_spec(spec_file, spec_name, values), ranks=ranks)
+        return
+    spec = load_run_spec(mode.run_dir, spec_name, values, ranks=1)
+    batch, accum = spec["data"]["batch_size"], spec["train"]["grad_accum"]
+    if batch % (accum * ranks):
+        from hlrp_lab.lib.batch import fitting_ranks
+
+        raise SpecError(
+            f"data.batch_size: the run's global batch {batch} does not split over {ranks} ranks x "
+            f"train.grad_accum {accum}, and a resumed run keeps it; launch "
+            f"--nproc-per-node {fitting_ranks(batch, accum, ranks)} (or another divisor of {batch // accum})"
+        )
 
 
 @spec_app.command("show")

@@ -38,8 +38,8 @@ from hlrp_lab.data.pairs import (
 )
 from hlrp_lab.data.shards import decode_episode, raw_samples, read_episodes, sample_scene
 from hlrp_lab.lib.batch import micro_batch
-from hlrp_lab.lib.distributed import World
 from hlrp_lab.lib.errors import RunError
+from hlrp_lab.lib.world import World
 
 VAL_PAIRS_PER_SCENE = 8
 MAX_BARREN_INPUTS = 10_000  # stream inputs in a row without a single pair: the data cannot be used
@@ -66,18 +66,22 @@ def train_scene_pairs(
                 yield sample
                 barren += 1
                 continue
-            if share is not None and scene_rank(sample_scene(sample), share.size) != share.rank:
-                continue
-            episode = decode_episode(sample)
-            pairs = (
-                []
-                if is_val_scene(episode.scene, data["val_split"])
-                else sample_pairs(episode, data["offsets"], data["pairs_per_scene"], rng, action_chunk(data))
-            )
+            pairs = []
+            if share is None or scene_rank(sample_scene(sample), share.size) == share.rank:
+                episode = decode_episode(sample)
+                if not is_val_scene(episode.scene, data["val_split"]):
+                    chunk = action_chunk(data)
+                    pairs = sample_pairs(episode, data["offsets"], data["pairs_per_scene"], rng, chunk)
             barren = 0 if pairs else barren + 1
             if barren > MAX_BARREN_INPUTS:
+                ours = (
+                    ""
+                    if share is None
+                    else f" for rank {share.rank} (the {share.size} ranks share the scenes)"
+                )
                 raise RunError(
-                    f"data: {barren} shards/scenes in a row gave no training pair; check data.offsets"
+                    f"data: {barren} shards/scenes in a row gave no training pair{ours}; check data.offsets"
+                    + ("" if share is None else ", or add scenes or shards")
                 )
             yield from pairs
 

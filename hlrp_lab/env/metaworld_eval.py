@@ -34,6 +34,7 @@ from hlrp_lab.env.metaworld_env import MetaWorldEnv
 from hlrp_lab.env.metaworld_sim import ACTION_SIZE, episode_seed, expert_action, import_mujoco, share_cores
 from hlrp_lab.env.metaworld_tasks import MAX_PATH_LENGTH, TASK_DESCRIPTIONS
 from hlrp_lab.lib.errors import RunError, first_line
+from hlrp_lab.lib.world import World
 
 VIDEO_FPS = 10
 VIDEO_MIN_WIDTH = 128
@@ -234,7 +235,7 @@ def evaluate_policy(
     pending = deque(episode_jobs(tasks, episodes, seed, videos))
     results: list[Result] = []
     slots = [Slot() for _ in range(min(workers, len(pending)))]
-    progress = tqdm(total=len(pending), desc="evaluating", unit="episode")
+    progress = tqdm(total=len(pending), desc="evaluating", unit="episode", disable=not World.current().main)
     envs: AsyncVectorEnv | None = None
     try:
         envs = vector_env(len(slots), image_size, camera, max_steps)

@@ -23,11 +23,12 @@ from torch import nn
 from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from hlrp_lab.lib.distributed import World, barrier
+from hlrp_lab.lib.distributed import barrier
 from hlrp_lab.lib.errors import CheckpointError, RunError
 from hlrp_lab.lib.layout import checkpoint_name, checkpoint_shards_name, checkpoint_state_name
 from hlrp_lab.lib.scrub import error_line
 from hlrp_lab.lib.util import temp_path, write_temp
+from hlrp_lab.lib.world import World
 
 Weights = nn.Module | dict[str, torch.Tensor]  # a model, or its full state dict
 
@@ -165,7 +166,7 @@ def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     seen: set[tuple] = set()
     for name, tensor in tensors.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
-        if key in seen:
+        if key in seen and tensor.numel():  # empty tensors share no data (all point at 0)
             continue
         seen.add(key)
         kept[name] = tensor.contiguous()

@@ -24,11 +24,12 @@ from hlrp_lab.experiment.checkpoint import Checkpoints
 from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
 from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.device import pick_device
-from hlrp_lab.lib.distributed import World, barrier
+from hlrp_lab.lib.distributed import barrier
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.logger import setup_logger
 from hlrp_lab.lib.runs import write_spec
 from hlrp_lab.lib.util import atomic_write, write_json
+from hlrp_lab.lib.world import World
 from hlrp_lab.stages import STAGES
 
 SessionEval = Callable[[int, int, dict[str, float]], None]  # (session, step, evaluation row)

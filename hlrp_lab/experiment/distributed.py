@@ -27,8 +27,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from hlrp_lab.lib.distributed import World
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.world import World
 from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.base import Stage
 
@@ -56,11 +56,12 @@ def process_group(spec: dict) -> Iterator[World]:
 
 
 def strategy_of(spec: dict, world: World) -> str:
-    """``train.distributed.strategy`` with auto resolved: none on one rank, else the stage's choice."""
+    """``train.distributed.strategy`` on ``world``: none on one process whatever the spec says (so a spec runs
+    unchanged on 1 and N ranks), auto resolved by the stage on several."""
     strategy = spec["train"]["distributed"]["strategy"]
-    if strategy != "auto":
-        return strategy
-    return STAGES.config_class(spec["stage"], "stage").auto_strategy(spec) if world.distributed else "none"
+    if not world.distributed:
+        return "none"
+    return STAGES.config_class(spec["stage"], "stage").auto_strategy(spec) if strategy == "auto" else strategy
 
 
 class StageSteps(nn.Module):
@@ -164,6 +165,11 @@ def block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
 def checkpoint_blocks(model: nn.Module) -> None:
     """Recompute each transformer block's activations in backward (torch's non-reentrant checkpoint)."""
     classes = block_classes(model)
+    if not classes:
+        logger.warning(
+            "train.activation_checkpointing: this model has no transformer blocks; nothing to recompute"
+        )
+        return
     wrapper = partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
     apply_activation_checkpointing(
         model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: isinstance(m, classes)

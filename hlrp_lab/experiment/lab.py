@@ -18,7 +18,7 @@ from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.distributed import process_group
 from hlrp_lab.experiment.experiment import Experiment
 from hlrp_lab.experiment.search import check_ray_address
-from hlrp_lab.lib.distributed import World, barrier, broadcast_from_main
+from hlrp_lab.lib.distributed import barrier, broadcast_from_main
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.logger import setup_logger
@@ -27,22 +27,21 @@ from hlrp_lab.lib.runs import (
     DATA_ROOT,
     LATEST,
     LATEST_DEV,
+    announce_run_dir,
     newest_run,
     recorded_status,
     resolve_reference,
     write_spec,
 )
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp
-from hlrp_lab.spec.check import check_spec, drop_former_keys
+from hlrp_lab.lib.world import World
+from hlrp_lab.spec.check import check_spec, load_run_spec
 from hlrp_lab.spec.search_space import check_search_mode
 from hlrp_lab.spec.spec_util import (
     Mode,
-    apply_overrides,
     check_launch,
     override_mode,
-    read_spec_file,
     resolve_spec,
-    select_spec,
 )
 from hlrp_lab.stages import STAGES
 
@@ -91,6 +90,8 @@ def new_run(spec: dict, spec_file: Path, spec_name: str, mode: Mode) -> dict:
 def run_on_ranks(layout: RunLayout, body: Callable[[], Any], world: World) -> None:
     """``body`` on every rank, logging to the run's log (rank 0) and the console; rank 0 records the status."""
     setup_logger(layout.log_file() if world.main else None, quiet=not world.main)
+    if world.main:
+        announce_run_dir(layout.run_dir)
     if world.distributed:
         logger.info(f"{layout.spec_name}: {world.size} ranks, this is rank {world.rank}")
     with recorded_status(layout) if world.main else contextlib.nullcontext():
@@ -107,17 +108,6 @@ def pin_references(node: Any, key: str = "") -> Any:
     if isinstance(node, str) and node.startswith((LATEST, LATEST_DEV)):
         return str(resolve_reference(node, key).run_dir)
     return node
-
-
-def load_run_spec(run_dir: Path, spec_name: str, overrides: dict | None = None) -> dict:
-    """The spec a run saved, re-checked, pointing at ``run_dir`` wherever it now lives."""
-    path = RunLayout(run_dir, spec_name).spec_file
-    if not path.is_file():
-        raise SpecError(f"{run_dir}: no saved spec {path.name}; is this a run directory of {spec_name!r}?")
-    spec = select_spec(read_spec_file(path), spec_name, path)
-    spec = check_spec(apply_overrides(drop_former_keys(spec), overrides or {}))
-    spec["meta"]["run_dir"] = str(run_dir)
-    return spec
 
 
 def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:

@@ -6,13 +6,17 @@ runs ``python -m hlrp_lab run ...`` with torchrun's environment and joins the pr
 """
 
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
 from hlrp_lab.lib.cpus import available_cpus
-from hlrp_lab.lib.errors import RunError
+from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.lib.layout import RunLayout
+from hlrp_lab.lib.runs import FAILED, RUN_DIR_FILE, RUNNING, read_status, write_status
 
 DEFAULT_PORT = 29500
 
@@ -27,6 +31,19 @@ class Launch:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nnodes > 1 and self.master_addr is None:
+            raise SpecError(
+                f"--nnodes {self.nnodes} needs --master-addr: the address of node 0, which every node can reach"
+            )
+        if self.node_rank >= self.nnodes:
+            raise SpecError(f"--node-rank {self.node_rank}: the nodes are numbered 0 to {self.nnodes - 1}")
+        if "WORLD_SIZE" in os.environ:
+            raise SpecError(
+                "--nproc-per-node: this process is already a rank of a torchrun job (WORLD_SIZE is set); run "
+                "`hlrp-lab run` without the launch options inside it"
+            )
 
     @property
     def ranks(self) -> int:
@@ -55,14 +72,31 @@ class Launch:
         ]
 
 
-def launch(plan: Launch, lab_args: list[str]) -> None:
-    """Run ``hlrp-lab <lab_args>`` on every rank of this node; a RunError naming the first rank that failed."""
+def launch(plan: Launch, spec_name: str, lab_args: list[str]) -> None:
+    """Run ``hlrp-lab <lab_args>`` on every rank of this node; a RunError naming the first rank that failed,
+    also written as the status of the run, which rank 0 names in a file (a rank killed or stopped by torchrun
+    cannot record it itself)."""
     threads = max(1, available_cpus() // plan.nproc_per_node)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # torch threads per rank (the lab sets them too)
-    try:
-        run(parse_args([*plan.torchrun_args(), "-m", "hlrp_lab", *lab_args]))
-    except ChildFailedError as err:
-        raise RunError(failure_line(err, plan)) from None
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir_file = Path(folder) / "run_dir"
+        os.environ[RUN_DIR_FILE] = str(run_dir_file)
+        try:
+            run(parse_args([*plan.torchrun_args(), "-m", "hlrp_lab", *lab_args]))
+        except ChildFailedError as err:
+            line = failure_line(err, plan)
+            if run_dir_file.is_file():
+                record_failure(RunLayout(Path(run_dir_file.read_text()), spec_name), err, line)
+            raise RunError(line) from None
+        finally:
+            del os.environ[RUN_DIR_FILE]
+
+
+def record_failure(layout: RunLayout, err: ChildFailedError, line: str) -> None:
+    """The run's status says which rank failed first, unless rank 0 did and recorded its own error."""
+    rank, _ = err.get_first_failure()
+    if rank != 0 or (read_status(layout) or {}).get("status") == RUNNING:
+        write_status(layout, FAILED, line)
 
 
 def failure_line(err: ChildFailedError, plan: Launch) -> str:

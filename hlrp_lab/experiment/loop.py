@@ -16,8 +16,9 @@ from tqdm import tqdm
 from hlrp_lab.experiment.checkpoint import Checkpoints, ShardedLast
 from hlrp_lab.experiment.distributed import Runner, full_weights
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
-from hlrp_lab.lib.distributed import World, barrier, max_over_ranks, mean_over_ranks
+from hlrp_lab.lib.distributed import barrier, first_over_ranks, mean_over_ranks
 from hlrp_lab.lib.errors import NonFiniteLossError
+from hlrp_lab.lib.world import World
 from hlrp_lab.stages.base import Stage
 
 EvalCallback = Callable[[int, dict[str, float]], None]
@@ -39,11 +40,11 @@ class Loop:
         self.sharded = ShardedLast(checkpoints) if stage.Config.shardable else None
         self.world = World.current()
         self.on_eval = (on_eval or []) if self.world.main else []
+        self.device = next(stage.model.parameters()).device  # before FSDP may offload parameters to the CPU
         self.runner = Runner(stage, spec, self.world)
         self.params = self.runner.parameters()
         self.optimizer = build_optimizer(self.params, spec["optim"])
         self.scheduler = build_scheduler(self.optimizer, spec["optim"], self.train["max_step"])
-        self.device = next(stage.model.parameters()).device
         self.step = 0
         self.saved_step: int | None = None  # of the `last` checkpoint on disk
         self.best: float | None = None
@@ -130,7 +131,7 @@ class Loop:
     def train_row(self) -> dict[str, float]:
         """Mean training scalars since the last row, over steps and ranks; raises on every rank if any step of
         any rank in the window had a non-finite loss."""
-        bad = max_over_ranks(int(self.first_bad_step.item()))
+        bad = first_over_ranks(int(self.first_bad_step.item()))
         if bad >= 0:
             raise NonFiniteLossError(
                 f"{self.checkpoints.prefix}: loss is not finite at step {bad}; {self.kept()}"
@@ -191,7 +192,7 @@ class Loop:
             "train_time": self.train_time,
             "scheduler": self.scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def restore(self) -> None:
@@ -202,8 +203,11 @@ class Loop:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if state["rng_cuda"] is not None and len(state["rng_cuda"]) and self.device.type == "cuda":
+            cuda = state[
+                "rng_cuda"
+            ]  # this device's (every rank's is rank 0's); a list: an older run, per device
+            torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda, self.device)
         self.step, self.best = state["step"], state["best"]
         self.saved_step = self.step
         self.history, self.train_time = state["history"], state["train_time"]

@@ -1,13 +1,11 @@
 """How the global batch splits over ranks and accumulation steps (no torch: ``spec check`` asks too)."""
 
-import os
-
 from hlrp_lab.lib.errors import SpecError
 
 
-def launched_ranks() -> int:
-    """The world size torchrun gave this process (1 when it was not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def fitting_ranks(batch_size: int, grad_accum: int, ranks: int) -> int:
+    """The most ranks, at most ``ranks``, over which the global batch splits (1 always does if grad_accum does)."""
+    return next(r for r in range(ranks, 0, -1) if batch_size % (grad_accum * r) == 0)
 
 
 def micro_batch(batch_size: int, grad_accum: int, ranks: int) -> int:

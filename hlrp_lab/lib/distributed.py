@@ -5,50 +5,14 @@ Without an initialized process group every function here is the one-process iden
 on one CPU, one GPU or many ranks.
 """
 
-import os
-from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from hlrp_lab.lib.world import World
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's ranks: global ``rank`` of ``size``, ``local_rank`` of ``local_size`` on its node."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    local_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: the one process that writes shared files (run directory, spec, CSV, graphs, Hub)."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @classmethod
-    def launched(cls) -> "World":
-        """The world torchrun (or a launcher setting its variables) started this process in."""
-        env = os.environ
-        return cls(
-            rank=int(env.get("RANK", 0)),
-            size=int(env.get("WORLD_SIZE", 1)),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
-            local_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
-        )
-
-    @classmethod
-    def current(cls) -> "World":
-        """The launched world once the process group is up; one process otherwise (a process that was not
-        launched by torchrun, or that runs outside the group, e.g. a search trial or a test)."""
-        return cls.launched() if dist.is_available() and dist.is_initialized() else cls()
 
 
 def broadcast_from_main(value: T) -> T:
@@ -73,7 +37,7 @@ def mean_over_ranks(values: dict[str, float | torch.Tensor]) -> dict[str, float]
     stacked = torch.stack(
         [torch.as_tensor(v, dtype=torch.float64).reshape(()).cpu() for v in values.values()]
     )
-    if World.current().distributed and values:
+    if World.current().distributed:
         order = sorted(range(len(values)), key=list(values).__getitem__)  # the same on every rank
         reduced = stacked[order]
         dist.all_reduce(reduced)
@@ -81,12 +45,15 @@ def mean_over_ranks(values: dict[str, float | torch.Tensor]) -> dict[str, float]
     return dict(zip(values, stacked.tolist(), strict=True))
 
 
-def max_over_ranks(value: int) -> int:
+def first_over_ranks(step: int) -> int:
+    """The smallest of the ranks' ``step``s that are set (>= 0), or -1 if no rank has one."""
     if not World.current().distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
+        return step
+    unset = torch.iinfo(torch.long).max
+    tensor = torch.tensor([step if step >= 0 else unset], dtype=torch.long)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    first = int(tensor.item())
+    return -1 if first == unset else first
 
 
 def rank_slice_randn(like: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ DATA_ROOT = Path("data")
 RUN_DIR_NAME = re.compile(r"(?P<spec>.+)_(?P<ts>\d{4}_\d{2}_\d{2}_\d{6})(?:_(?P<n>\d+))?")
 # A run's state (RunLayout.status): running while it trains (and after a kill), then completed or failed.
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+# Set by `run --nproc-per-node`: a file where rank 0 writes its run directory, so that the launcher can record
+# the failure of a rank that could not record it itself.
+RUN_DIR_FILE = "HLRP_RUN_DIR_FILE"
 # latest:<spec> is the newest completed run that is not a dev run; latest-dev:<spec> lets dev runs count too.
 LATEST, LATEST_DEV = "latest:", "latest-dev:"
 
@@ -48,6 +52,13 @@ def read_status(layout: RunLayout) -> dict[str, Any] | None:
 
 def write_status(layout: RunLayout, status: str, error: str | None = None) -> None:
     write_json(layout.status, {"status": status} | ({"error": error} if error else {}))
+
+
+def announce_run_dir(run_dir: Path) -> None:
+    """Tell the launcher of this job (if any) where the run is."""
+    path = os.environ.get(RUN_DIR_FILE)
+    if path:
+        Path(path).write_text(str(run_dir))
 
 
 @contextmanager

@@ -2,15 +2,25 @@
 block against its config. The dry build of the model on the meta device is a second step above this layer
 (``experiment/build.py``), run before a run starts and by ``spec check --build``."""
 
+from pathlib import Path
+
 import pydash
 
 from hlrp_lab.data.sources import DATA_SOURCES
-from hlrp_lab.lib.batch import launched_ranks, micro_batch
+from hlrp_lab.lib.batch import micro_batch
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.registry import Registry, printable, validate_model
+from hlrp_lab.lib.world import World
 from hlrp_lab.spec.schema import Spec, spec_model
 from hlrp_lab.spec.search_space import check_search
-from hlrp_lab.spec.spec_util import check_key_placeholders, spec_variables
+from hlrp_lab.spec.spec_util import (
+    apply_overrides,
+    check_key_placeholders,
+    read_spec_file,
+    select_spec,
+    spec_variables,
+)
 from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.config import StageConfig
 
@@ -25,7 +35,7 @@ def check_spec(spec: dict, ranks: int | None = None) -> dict:
     if checked["data"]["source"] is not None:
         checked["data"]["source"] = check_block(DATA_SOURCES, checked["data"]["source"], "data.source")
     check_search(checked)
-    check_distributed(checked, stage, launched_ranks() if ranks is None else ranks)
+    check_distributed(checked, stage, World.launched().size if ranks is None else ranks)
     return checked
 
 
@@ -42,6 +52,16 @@ def check_distributed(spec: dict, stage: type[StageConfig], ranks: int) -> None:
         raise SpecError(
             f"train.distributed.strategy: none trains in one process, but {ranks} ranks were launched; use "
             "auto, ddp or fsdp, or launch one process"
+        )
+    if train["distributed"]["cpu_offload"] and (strategy in ("none", "ddp") or not stage.shardable):
+        raise SpecError(
+            "train.distributed.cpu_offload: offloads FSDP's shards; this spec's strategy "
+            f"{strategy if stage.shardable else 'for stage ' + repr(spec['stage'])} does not shard: set it to false"
+        )
+    if train["distributed"]["cpu_offload"] and train["device"] == "cpu":
+        raise SpecError(
+            "train.distributed.cpu_offload: moves a GPU's parameters and optimizer states to the CPU, and "
+            "train.device is cpu; set it to false"
         )
     micro_batch(spec["data"]["batch_size"], train["grad_accum"], ranks)
 
@@ -107,3 +127,17 @@ def check_unresolved(spec: dict) -> dict:
             if not spec_variables(pydash.get(spec, key)) or isinstance(pydash.get(spec, key), dict):
                 raise
             spec = pydash.omit(spec, key)
+
+
+def load_run_spec(
+    run_dir: Path, spec_name: str, overrides: dict | None = None, ranks: int | None = None
+) -> dict:
+    """The spec a run saved, re-checked (for ``ranks``, default: as launched), pointing at ``run_dir`` wherever
+    it now lives."""
+    path = RunLayout(run_dir, spec_name).spec_file
+    if not path.is_file():
+        raise SpecError(f"{run_dir}: no saved spec {path.name}; is this a run directory of {spec_name!r}?")
+    spec = select_spec(read_spec_file(path), spec_name, path)
+    spec = check_spec(apply_overrides(drop_former_keys(spec), overrides or {}), ranks)
+    spec["meta"]["run_dir"] = str(run_dir)
+    return spec

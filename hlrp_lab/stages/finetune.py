@@ -22,6 +22,7 @@ from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.data.dataset import data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.shards import manifest_of
+from hlrp_lab.lib.distributed import broadcast_from_main
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
 from hlrp_lab.stages import STAGES
@@ -190,5 +191,6 @@ class FinetuneStage(VLAStage):
         return in_batches(self.model, frames, instructions, self.batch_size, self.device)
 
     def policy(self, frames: np.ndarray, instructions: list[str]) -> np.ndarray:
-        """The first action of each predicted chunk (receding horizon), for closed-loop rollouts."""
-        return self.predict(frames, instructions)[:, 0].cpu().numpy()
+        """The first action of each predicted chunk (receding horizon), for closed-loop rollouts: rank 0's on
+        every rank, so that the ranks' episodes (and so their calls of a sharded model) stay in step."""
+        return broadcast_from_main(self.predict(frames, instructions)[:, 0].cpu().numpy())

@@ -1,5 +1,6 @@
 """Stage 1, LAQ: a VQ-VAE over the transition frame t -> frame t+k, whose codes are latent actions."""
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -82,10 +83,7 @@ class LAQStage(Stage):
         self.data = FrameData(data_urls(data), data, spec["train"], seed, PROBE_TRAIN_PAIRS)
         if data["val_split"] == 0:
             logger.warning("data.val_split is 0: evaluating on training pairs")
-        self.batch_size, self.device = (
-            data["batch_size"],
-            device,
-        )  # the global batch: metrics do not depend on ranks
+        self.batch_size, self.device = self.data.micro_batch, device  # evaluation chunks, as in training
         self.model = self.build_model(spec).to(device)
 
     def train_batch(self, index: int) -> dict[str, Any]:
@@ -122,24 +120,33 @@ class LAQStage(Stage):
         return metrics
 
     def infer(self, pairs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        """Run the model over held-out ``pairs`` in batches: per-pair errors (also with the latent of another
-        pair, which shows how much the latent carries), latents, codes and true actions."""
-        keys = ("mse", "copy_mse", "shuffled_mse", "latent", "indices", "action")
+        """Run the model over held-out ``pairs`` in batches: per-pair errors (also with the latent of the previous
+        pair, which shows how much the latent carries), latents, codes and true actions. The results do not
+        depend on the batch size (so not on the number of ranks)."""
+        keys = ("mse", "copy_mse", "latent", "indices", "action")
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-        for start in range(0, len(pairs["frame_t"]), self.batch_size):
-            chunk = {key: value[start : start + self.batch_size] for key, value in pairs.items()}
-            batch = to_float(chunk, self.device)
+        for batch in self.chunks(pairs):
             out = self.model(batch["frame_t"], batch["frame_tk"])
-            shuffled = self.model.decoder(batch["frame_t"], out.latent.roll(1, dims=0))
             parts["mse"].append(per_image_mse(out.reconstruction, batch["frame_tk"]))
-            parts["shuffled_mse"].append(per_image_mse(shuffled, batch["frame_tk"]))
             parts["copy_mse"].append(per_image_mse(batch["frame_t"], batch["frame_tk"]))
-            parts["latent"].append(out.latent.float())
+            parts["latent"].append(out.latent)
             if out.indices is not None:
                 parts["indices"].append(out.indices)
             if "action" in batch:
                 parts["action"].append(batch["action"])
-        return {key: torch.cat(values) if values else None for key, values in parts.items()}
+        results = {key: torch.cat(values) if values else None for key, values in parts.items()}
+        others = results["latent"].roll(1, dims=0).split(self.batch_size)
+        shuffled = [
+            per_image_mse(self.model.decoder(batch["frame_t"], latent), batch["frame_tk"])
+            for batch, latent in zip(self.chunks(pairs), others, strict=True)
+        ]
+        return {**results, "shuffled_mse": torch.cat(shuffled), "latent": results["latent"].float()}
+
+    def chunks(self, pairs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """``pairs`` as float batches of ``batch_size`` on the device."""
+        for start in range(0, len(pairs["frame_t"]), self.batch_size):
+            chunk = {key: value[start : start + self.batch_size] for key, value in pairs.items()}
+            yield to_float(chunk, self.device)
 
 
 def load_laq(reference: RunReference, device: torch.device) -> LatentActionModel:

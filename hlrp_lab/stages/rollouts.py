@@ -6,9 +6,9 @@ import numpy as np
 
 from hlrp_lab.data.shards import manifest_of
 from hlrp_lab.env.metaworld_tasks import resolve_tasks
-from hlrp_lab.lib.distributed import World
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.layout import RunLayout
+from hlrp_lab.lib.world import World
 
 Policy = Callable[[np.ndarray, list[str]], np.ndarray]  # (uint8 frames (N, H, W, 3), instructions) -> actions
 

@@ -12,8 +12,8 @@ from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import scene_rank
 from hlrp_lab.data.shards import expand_shards, read_episodes, write_shards
 from hlrp_lab.lib.batch import micro_batch
-from hlrp_lab.lib.distributed import World
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.world import World
 
 NUM_SCENES, LENGTH, BATCH = 24, 8, 8
 STEPS = 4

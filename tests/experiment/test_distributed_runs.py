@@ -148,7 +148,7 @@ def test_a_killed_rank_ends_the_job_promptly_and_is_named(workdir):
         start_new_session=True,
     )
     try:
-        pid = rank_pid(workdir, rank=1, started=time.time(), timeout=240)
+        pid, run_dir = rank_pid(workdir, rank=1, started=time.time(), timeout=240)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         _, stderr = proc.communicate(timeout=120)
@@ -159,10 +159,14 @@ def test_a_killed_rank_ends_the_job_promptly_and_is_named(workdir):
     assert proc.returncode != 0
     assert ended_after < 60, ended_after  # torchrun stops rank 0, which was waiting in a collective
     assert f"error: rank 1 of 2 (pid {pid}) was killed by SIGKILL" in stderr, stderr[-3000:]
+    status = json.loads((run_dir / "info" / "status.json").read_text())  # written by the launcher
+    assert status["status"] == "failed" and status["error"].startswith(
+        f"rank 1 of 2 (pid {pid}) was killed by SIGKILL"
+    )
 
 
-def rank_pid(workdir: Path, rank: int, started: float, timeout: float) -> int:
-    """The pid rank ``rank`` of the newest laq_debug run logs once it trains."""
+def rank_pid(workdir: Path, rank: int, started: float, timeout: float) -> tuple[int, Path]:
+    """The pid rank ``rank`` of the newest laq_debug run logs once it trains, and the run directory."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for log in (workdir / "data").glob(f"laq_debug_*/log/laq_debug_t0_s0_rank{rank}.log"):
@@ -170,7 +174,7 @@ def rank_pid(workdir: Path, rank: int, started: float, timeout: float) -> int:
                 continue
             for line in log.read_text().splitlines():
                 if f"rank {rank}/2 (pid " in line:
-                    return int(line.split("(pid ")[1].split(")")[0])
+                    return int(line.split("(pid ")[1].split(")")[0]), log.parents[1]
         time.sleep(0.2)
     raise AssertionError(f"rank {rank} did not start training within {timeout} s")
 

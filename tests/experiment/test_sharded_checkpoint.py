@@ -26,9 +26,9 @@ from hlrp_lab.experiment.distributed import (
     shard,
     strategy_of,
 )
-from hlrp_lab.lib.distributed import World
 from hlrp_lab.lib.errors import CheckpointError, RunError
 from hlrp_lab.lib.util import temp_path
+from hlrp_lab.lib.world import World
 from tests.lib.test_distributed import SIZE, run_ranks
 
 pytestmark = [
@@ -414,6 +414,9 @@ def test_auto_strategy_is_none_on_one_rank_and_the_stage_s_choice_on_several(sta
     assert strategy_of(stage_spec(stage, freeze=freeze), World(rank=1, size=2)) == several
     for given in ("none", "ddp", "fsdp"):
         assert strategy_of(stage_spec(stage, given, freeze), World(size=4)) == given
+        assert (
+            strategy_of(stage_spec(stage, given, freeze), World()) == "none"
+        )  # the spec runs on one process
 
 
 # --- across world sizes: FSDP2 on two gloo ranks --------------------------------------------------------------

@@ -18,15 +18,15 @@ import torch.distributed as dist
 from hlrp_lab.components.quantizer.config import NSVQConfig
 from hlrp_lab.components.quantizer.nsvq import NSVQ
 from hlrp_lab.lib.distributed import (
-    World,
     barrier,
     broadcast_from_main,
+    first_over_ranks,
     gather_rows,
-    max_over_ranks,
     mean_over_ranks,
     rank_slice_randn,
     sum_over_ranks,
 )
+from hlrp_lab.lib.world import World
 
 SIZE = 2
 ONE = asdict(World())
@@ -85,8 +85,9 @@ def collectives(rank: int, directory: Path) -> None:
     )
     seen["mean"] = mean_over_ranks(values)
     seen["mean_empty"] = mean_over_ranks({})
-    seen["max"] = max_over_ranks([3, 7][rank])
-    seen["max_negative"] = max_over_ranks([-5, -9][rank])
+    seen["first"] = first_over_ranks([7, 3][rank])
+    seen["first_set"] = first_over_ranks([-1, 9][rank])
+    seen["first_none"] = first_over_ranks(-1)
     seen["broadcast"] = broadcast_from_main(
         {"run_dir": "data/x_1", "sessions": [1, 2]} if rank == 0 else None
     )
@@ -153,7 +154,7 @@ def test_mean_over_ranks_in_one_process_gives_the_values_as_floats():
 
 def test_max_broadcast_gather_and_sum_over_ranks(two_ranks):
     for seen in two_ranks:
-        assert seen["max"] == 7 and seen["max_negative"] == -5
+        assert seen["first"] == 3 and seen["first_set"] == 9 and seen["first_none"] == -1
         assert seen["broadcast"] == {"run_dir": "data/x_1", "sessions": [1, 2]}
         assert torch.equal(seen["gathered"], torch.tensor([[0.0] * 3] * 2 + [[1.0] * 3] * 2))
         assert seen["summed_in_place"] and torch.equal(seen["summed"], torch.tensor([2.0, 1.0]))
@@ -161,7 +162,7 @@ def test_max_broadcast_gather_and_sum_over_ranks(two_ranks):
 
 def test_one_process_collectives_are_the_identity():
     value = {"a": 1}
-    assert broadcast_from_main(value) is value and max_over_ranks(4) == 4
+    assert broadcast_from_main(value) is value and first_over_ranks(4) == 4
     rows = torch.arange(6.0).view(3, 2)
     assert gather_rows(rows) is rows and sum_over_ranks(rows) is rows
     assert torch.equal(rows, torch.arange(6.0).view(3, 2))

@@ -151,3 +151,20 @@ print(json.dumps({{"errors": errors, "torch": "torch" in sys.modules}}))
         "errors": ["train.distributed.strategy", "data.batch_size"],
         "torch": False,
     }
+
+
+def test_cpu_offload_is_for_fsdp_on_a_gpu():
+    offload = {"strategy": "ddp", "cpu_offload": True}
+    with pytest.raises(
+        SpecError, match=r"^train\.distributed\.cpu_offload: offloads FSDP's shards; .* ddp does not"
+    ):
+        check_spec(spec("foundation.json", "vla_debug", offload), ranks=2)
+    with pytest.raises(
+        SpecError, match=r"^train\.distributed\.cpu_offload: .* for stage 'laq' does not shard"
+    ):
+        check_spec(spec("laq.json", "laq_debug", {"cpu_offload": True}), ranks=2)
+    on_cpu = spec("foundation.json", "vla_debug", {"cpu_offload": True}, **{"train.device": "cpu"})
+    with pytest.raises(SpecError, match=r"^train\.distributed\.cpu_offload: .*train\.device is cpu"):
+        check_spec(on_cpu, ranks=2)
+    auto = check_spec(spec("foundation.json", "vla_debug", {"cpu_offload": True}), ranks=2)
+    assert auto["train"]["distributed"]["cpu_offload"] is True

@@ -161,3 +161,15 @@ def test_check_model_names_a_size_mismatch(tiny_spec):
     tiny_spec["model"]["decoder"]["patch_size"] = 5
     with pytest.raises(SpecError, match="^model: .*patch_size 5 must divide image_size 32"):
         dry_build(check_spec(tiny_spec))
+
+
+def test_metrics_do_not_depend_on_the_evaluation_chunk(stage):
+    """Every rank evaluates in micro-batch chunks; the metrics must be those of one chunk of the global batch."""
+    fit_fixed_batch(stage, stage.train_batch(0), steps=5, lr=1e-3)
+    whole = evaluate_stage(stage, "fp32")
+    stage.batch_size = 3  # uneven chunks, as a micro-batch of several ranks could make
+    chunked = evaluate_stage(stage, "fp32")
+    assert chunked.keys() == whole.keys()
+    for key, value in whole.items():
+        assert chunked[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert whole["latent_gain"] != 0  # the shuffled latents are those of other pairs
