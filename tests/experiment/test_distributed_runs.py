@@ -97,7 +97,8 @@ def test_laq_on_two_ranks_trains_like_one_and_only_rank0_writes_shared_files(wor
         "PYTHONPATH": f"{tmp_path / 'hook'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "HLRP_TEST_AUDIT": str(audit),
     }
-    out = lab(*laq_args(), "--nproc-per-node", "2", cwd=workdir, extra_env=hooked)
+    two_sessions = ["-s", "meta.max_session=2"]  # one after the other, each on both ranks
+    out = lab(*laq_args(), *two_sessions, "--nproc-per-node", "2", cwd=workdir, extra_env=hooked)
     two = run_dir_of(out, workdir)
 
     keys = [
@@ -113,22 +114,25 @@ def test_laq_on_two_ranks_trains_like_one_and_only_rank0_writes_shared_files(wor
     assert_close(last_row(two, "laq_debug"), last_row(one, "laq_debug"), keys, RTOL)
     assert last_row(two, "laq_debug")["step"] == 20
 
+    trial = json.loads((two / "info" / "laq_debug_t0_trial_metrics.json").read_text())
+    assert len(trial["sessions"]) == 2 and trial["sessions"][1]["step"] == 20
     logs = sorted(p.name for p in (two / "log").iterdir())
-    assert logs == ["laq_debug.log", "laq_debug_t0_s0_rank0.log", "laq_debug_t0_s0_rank1.log"]
-    assert "rank 1/2" in (two / "log" / "laq_debug_t0_s0_rank1.log").read_text()
+    rank_logs = [f"laq_debug_t0_s{s}_rank{r}.log" for s in (0, 1) for r in (0, 1)]
+    assert logs == ["laq_debug.log", *rank_logs]
+    assert "rank 1/2" in (two / "log" / "laq_debug_t0_s1_rank1.log").read_text()
 
     written = {
         rank: {Path(line) for line in (audit / f"rank{rank}.txt").read_text().split()} for rank in (0, 1)
     }
     in_run = {rank: {p for p in paths if p.is_relative_to(two.resolve())} for rank, paths in written.items()}
     rank1_files = {p.relative_to(two.resolve()).as_posix() for p in in_run[1]}
-    assert rank1_files - {"log"} == {"log/laq_debug_t0_s0_rank1.log"}, (
-        rank1_files
-    )  # "log": its own log's folder
+    own_logs = {"log/laq_debug_t0_s0_rank1.log", "log/laq_debug_t0_s1_rank1.log"}
+    assert rank1_files - {"log"} == own_logs, rank1_files  # "log": its own logs' folder
     rank0_files = {p.relative_to(two.resolve()).as_posix() for p in in_run[0]}
     for shared in (
         "info/laq_debug_spec.json",
         "info/laq_debug_t0_s0_session_metrics.csv",
+        "info/laq_debug_t0_s1_session_metrics.csv",
         "info/laq_debug_t0_trial_metrics.json",
         "model/laq_debug_t0_s0_last.safetensors",
         "graph/laq_debug_t0_s0_session_graph_loss.png",
