@@ -13,11 +13,23 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 FIGURES = {  # script -> lines its output must hold
     "asha_vs_full.py": [r"ASHA / full: steps \d+\.\d% \(target <= 40%\), best val_psnr \d+\.\d%"],
     "busy_machine.py": [r"ratio: default uses \d+\.\d\dx the CPU time of the lab's setting"],
+    "ddp_scaling.py": [
+        r"1 rank: +\d+ samples/s",
+        r"2 ranks: +\d+ samples/s",
+        r"scaling efficiency thr\(2\)/\(2 x thr\(1\)\): \d+\.\d\d \(target >= 0\.8\)",
+    ],
     "env_pool.py": [
         r"old pool: +[\d.]+ steps/s",
         r"AsyncVectorEnv: +[\d.]+ steps/s",
         r"ratio AsyncVectorEnv/old: \d+\.\d\d",
         r"same metrics: yes",
+    ],
+    "gpu_throughput.py": [
+        r"eager: +\d+\.\d\d steps/s, MFU n/a",
+        r"compiled: +\d+\.\d\d steps/s, MFU n/a",
+        r"compile speed-up: \d+\.\d\dx",
+        r"lab loop, 1 rank: +\d+\.\d\d steps/s",
+        r"lab loop, 2 ranks \(ddp\): +\d+\.\d\d steps/s",
     ],
     "loader_throughput.py": [
         r"shards \(WebDataset\): +\d+ pairs/s",
