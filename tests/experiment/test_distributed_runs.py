@@ -63,6 +63,14 @@ def lab(
     return out
 
 
+def start_lab(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    """``hlrp-lab ARGS`` started in a session of its own (so that the test can kill it and its ranks)."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hlrp_lab", *args], cwd=cwd, env=env, start_new_session=True, **popen
+    )
+
+
 def run_dir_of(out: subprocess.CompletedProcess, cwd: Path) -> Path:
     line = next(line for line in out.stdout.splitlines() if line.startswith("run directory: "))
     return cwd / line.removeprefix("run directory: ")
@@ -142,15 +150,7 @@ def test_laq_on_two_ranks_trains_like_one_and_only_rank0_writes_shared_files(wor
 
 def test_a_killed_rank_ends_the_job_promptly_and_is_named(workdir):
     args = [*laq_args(), "-s", "train.max_step=100000", "--nproc-per-node", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hlrp_lab", *args],
-        cwd=workdir,
-        env={**os.environ, "TQDM_DISABLE": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_lab(args, workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         pid, run_dir = rank_pid(workdir, rank=1, started=time.time(), timeout=240)
         os.kill(pid, signal.SIGKILL)
@@ -240,14 +240,7 @@ def sigkill_after_first_checkpoint(workdir: Path, args: list[str]) -> Path:
     """Start the run, SIGKILL the launcher and its ranks once the first `last` checkpoint is committed;
     the run directory."""
     started = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hlrp_lab", *args],
-        cwd=workdir,
-        env={**os.environ, "TQDM_DISABLE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_lab(args, workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
