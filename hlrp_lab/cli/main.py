@@ -124,10 +124,10 @@ def check_launch_spec(spec_file: Path, spec_name: str, mode: "Mode", values: dic
         check_spec(resolve_spec(spec_file, spec_name, values), ranks=ranks)
         return
     spec = load_run_spec(mode.run_dir, spec_name, values, ranks=1)
-    batch, accum = spec["data"]["batch_size"], spec["train"]["grad_accum"]
-    if batch % (accum * ranks):
-        from hlrp_lab.lib.batch import fitting_ranks
+    from hlrp_lab.lib.batch import fitting_ranks
 
+    batch, accum = spec["data"]["batch_size"], spec["train"]["grad_accum"]
+    if fitting_ranks(batch, accum, ranks) != ranks:
         raise SpecError(
             f"data.batch_size: the run's global batch {batch} does not split over {ranks} ranks x "
             f"train.grad_accum {accum}, and a resumed run keeps it; launch "

@@ -13,7 +13,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -31,6 +31,7 @@ from hlrp_lab.lib.util import temp_path, write_temp
 from hlrp_lab.lib.world import World
 
 Weights = nn.Module | dict[str, torch.Tensor]  # a model, or its full state dict
+T = TypeVar("T")
 
 TAGS = ("last", "best")
 MAX_CAUSE_LENGTH = 203  # characters of the underlying error quoted in a checkpoint error
@@ -190,7 +191,7 @@ def state_step(path: Path) -> int:
     return read_state(path)["step"]
 
 
-def readable(read: Callable[[Path], int], path: Path) -> int | None:
+def readable(read: Callable[[Path], T], path: Path) -> T | None:
     """``read(path)``, or None when the file is missing or cannot be read."""
     try:
         return read(path)
@@ -256,7 +257,7 @@ class ShardedLast:
         """Rank 0, before loading: remove the folders a killed save left that no state file names."""
         self.checkpoints.recover()
         state_file = self.checkpoints.state_path("last")
-        state = readable_state(state_file)
+        state = readable(read_state, state_file)
         if state is not None or not state_file.exists():  # an unreadable state file: keep all for a look
             self.remove_folders(keep=None if state is None else state.get("shards"))
 
@@ -266,10 +267,3 @@ class ShardedLast:
         ):
             if folder.name != keep:
                 shutil.rmtree(folder, ignore_errors=True)
-
-
-def readable_state(path: Path) -> dict[str, Any] | None:
-    try:
-        return read_state(path)
-    except Exception:  # noqa: BLE001 - missing or unreadable: no folder is named
-        return None

@@ -61,7 +61,8 @@ def run_lab(spec_file: Path, spec_name: str, mode: Mode, sets: dict, keep: int =
     with process_group(spec) as world:
         spec = broadcast_from_main(new_run(spec, spec_file, spec_name, mode) if world.main else None)
         body = (lambda: Experiment(spec).search(keep)) if mode.name == "search" else Trial(spec).run
-        run_on_ranks(RunLayout.of(spec), body, world)
+        opening = f"{spec_name} {mode.name}: writing to {spec['meta']['run_dir']}"
+        run_on_ranks(RunLayout.of(spec), body, world, opening)
     return Path(spec["meta"]["run_dir"])
 
 
@@ -82,16 +83,16 @@ def new_run(spec: dict, spec_file: Path, spec_name: str, mode: Mode) -> dict:
         meta["random_seed"] = secrets.randbelow(2**31)
     layout = RunLayout(run_dir, spec_name)
     write_spec(layout.spec_file, spec_name, spec)
-    setup_logger(layout.log_file())
-    logger.info(f"{spec_name} {mode.name}: writing to {run_dir}")
     return spec
 
 
-def run_on_ranks(layout: RunLayout, body: Callable[[], Any], world: World) -> None:
-    """``body`` on every rank, logging to the run's log (rank 0) and the console; rank 0 records the status."""
+def run_on_ranks(layout: RunLayout, body: Callable[[], Any], world: World, opening: str) -> None:
+    """``body`` on every rank, logging to the run's log (rank 0, which opens it with ``opening``) and the
+    console; rank 0 records the status."""
     setup_logger(layout.log_file() if world.main else None, quiet=not world.main)
     if world.main:
         announce_run_dir(layout.run_dir)
+        logger.info(opening)
     if world.distributed:
         logger.info(f"{layout.spec_name}: {world.size} ranks, this is rank {world.rank}")
     with recorded_status(layout) if world.main else contextlib.nullcontext():
@@ -122,10 +123,8 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
     with process_group(spec) as world:
         if world.main:
             STAGES.get(spec["stage"], "stage").prepare_data(spec)
-            setup_logger(layout.log_file())
-            logger.info(f"{spec_name}: resuming {run_dir}")
         barrier()
-        run_on_ranks(layout, Trial(spec).run, world)
+        run_on_ranks(layout, Trial(spec).run, world, f"{spec_name}: resuming {run_dir}")
     if sets and world.main:  # only once they worked: a failed override must not stick to the run
         pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
         write_spec(layout.spec_file, spec_name, spec)

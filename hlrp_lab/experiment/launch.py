@@ -66,7 +66,7 @@ class Launch:
             "--node-rank",
             str(self.node_rank),
             "--master-addr",
-            self.master_addr or "127.0.0.1",
+            str(self.master_addr),
             "--master-port",
             str(port),
         ]

@@ -37,7 +37,7 @@ class Loop:
         self.stage = stage
         self.train = spec["train"]
         self.checkpoints = checkpoints
-        self.sharded = ShardedLast(checkpoints) if stage.Config.shardable else None
+        self.sharded_last = ShardedLast(checkpoints) if stage.Config.shardable else None
         self.world = World.current()
         self.on_eval = (on_eval or []) if self.world.main else []
         self.device = next(stage.model.parameters()).device  # before FSDP may offload parameters to the CPU
@@ -57,9 +57,9 @@ class Loop:
     def run(self) -> dict[str, float]:
         """Train to max_step and return the final metrics (last evaluation plus run statistics)."""
         if self.world.main:
-            (self.sharded or self.checkpoints).recover()
+            (self.sharded_last or self.checkpoints).recover()
         barrier()
-        if self.sharded.written() if self.sharded else self.checkpoints.written("last"):
+        if self.sharded_last.written() if self.sharded_last else self.checkpoints.written("last"):
             self.restore()
         max_step = self.train["max_step"]
         self.stage.model.train()
@@ -161,8 +161,8 @@ class Loop:
         if self.improved(value):
             self.best = value
             self.save_best({"step": self.step, "metrics": row})
-        if self.sharded:
-            self.sharded.save(self.runner.module, self.optimizer, self.training_state())
+        if self.sharded_last:
+            self.sharded_last.save(self.runner.module, self.optimizer, self.training_state())
         elif self.world.main:  # DDP replicas hold the same weights and optimizer state
             state = {**self.training_state(), "optimizer": self.optimizer.state_dict()}
             self.checkpoints.save("last", self.stage.model, state)
@@ -196,8 +196,8 @@ class Loop:
         }
 
     def restore(self) -> None:
-        if self.sharded:
-            state = self.sharded.load(self.runner.module, self.optimizer)
+        if self.sharded_last:
+            state = self.sharded_last.load(self.runner.module, self.optimizer)
         else:
             state = self.checkpoints.load("last", self.stage.model)
             self.optimizer.load_state_dict(state["optimizer"])

@@ -1,5 +1,5 @@
-"""Where this process stands in a torch.distributed job (torchrun's environment), and the few collectives the
-lab itself needs: rank 0's objects to every rank, means and maxima of logged values, partition-free noise.
+"""The few collectives the lab itself needs (``World`` says where this process stands): rank 0's objects to
+every rank, means of logged values, the first bad step over ranks, partition-free noise, gathered rows.
 
 Without an initialized process group every function here is the one-process identity, so the same code runs
 on one CPU, one GPU or many ranks.
