@@ -49,8 +49,17 @@ class VLAStage(Stage):
 
     @classmethod
     def check_model(cls, spec: dict) -> None:
-        if spec["model"]["vla"]["pretrained"] is None:  # a pretrained model's shapes need its download
-            cls.build_model(spec)
+        """A pretrained model's shapes need its download, unless its architecture is in ``config_file``."""
+        vla = spec["model"]["vla"]
+        if vla["pretrained"] is None or vla["config_file"] is not None:
+            offline = {**vla, "pretrained": None}
+            cls.build_model({**spec, "model": {**spec["model"], "vla": offline}})
+
+
+    @classmethod
+    def model_for_weights(cls, spec: dict, tokenizer: PreTrainedTokenizerBase, weights: Path) -> nn.Module:
+        """The model of ``spec`` to load a weights file of its run into (sizes the data set, read from it)."""
+        return cls.build_model(spec, tokenizer)
 
 
 class LatentActionVLA(nn.Module):
@@ -92,7 +101,9 @@ def query_tokens(spec: dict) -> list[str]:
 
 
 def build_vla(spec: dict, tokenizer: PreTrainedTokenizerBase) -> LatentActionVLA:
-    backbone = VLAS.build(spec["model"]["vla"], "model.vla", tokenizer=tokenizer)
+    backbone = VLAS.build(
+        spec["model"]["vla"], "model.vla", tokenizer=tokenizer, query_tokens=query_tokens(spec)
+    )
     head = LATENT_HEADS.build(
         spec["model"]["latent_head"], "model.latent_head", hidden_size=backbone.hidden_size
     )

@@ -18,7 +18,7 @@ from hlrp_lab.components.vla.tokenizer import (
 )
 from hlrp_lab.stages.vla import prepare_tokenizer, run_tokenizer
 
-FAMILIES = ["SmolVLM", "Qwen2VL"]
+FAMILIES = ["SmolVLM", "Qwen2VL", "Qwen25VL"]
 QUERIES = ["<latent_0>", "<latent_1>"]
 INSTRUCTIONS = ["push the red block left", "open the drawer now please", "reach"]
 

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from hlrp_lab.components.vla.config import VLAConfig
+from hlrp_lab.components.vla.lora import add_lora
 from hlrp_lab.lib.errors import SpecError
 
 # The small language model of every family's default config: 2 layers of width 64, 4 heads of 16.
@@ -38,13 +39,18 @@ class VLABackbone(nn.Module, ABC):
     image_mean: ClassVar[tuple[float, float, float]]
     image_std: ClassVar[tuple[float, float, float]]
 
-    def __init__(self, config: VLAConfig, *, tokenizer: PreTrainedTokenizerBase):
+    def __init__(
+        self, config: VLAConfig, *, tokenizer: PreTrainedTokenizerBase, query_tokens: list[str] | None = None
+    ):
         super().__init__()
         self.tokenizer = tokenizer
-        if config.pretrained is None:
-            self.model = self.model_class(self.small_config(config.config, tokenizer))
+        dtype = getattr(torch, config.dtype)
+        if config.pretrained is not None:
+            self.model = load_pretrained(self.model_class, config.pretrained, dtype, config.revision)
+        elif config.config_file is not None:
+            self.model = self.model_class(self.file_config(config.config_file, tokenizer)).to(dtype)
         else:
-            self.model = load_pretrained(self.model_class, config.pretrained, getattr(torch, config.dtype))
+            self.model = self.model_class(self.small_config(config.config, tokenizer)).to(dtype)
         if self.model.get_input_embeddings().num_embeddings < len(tokenizer):
             self.model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         self.image_size = config.image_size or self.model.config.vision_config.image_size
@@ -58,6 +64,19 @@ class VLABackbone(nn.Module, ABC):
         self.register_buffer("std", torch.tensor(self.image_std).view(1, 3, 1, 1), persistent=False)
         self.model.requires_grad_(not config.freeze)
         freeze_unused_lm_head(self.model)
+        vision = self.vision_tower_name()
+        if config.freeze_vision:
+            self.model.get_submodule(vision).requires_grad_(False)
+        if config.lora is not None:
+            token_ids = tokenizer.convert_tokens_to_ids(query_tokens or [])
+            add_lora(self.model, config.lora, token_ids, vision if config.freeze_vision else None)
+        # With LoRA on a pretrained base, the frozen weights are the base's: checkpoints leave them out and
+        # record the base instead (experiment.checkpoint.reloadable_weights).
+        self.reloadable = config.pretrained is not None and config.lora is not None
+        self.base = {
+            "base_model": config.pretrained or "",
+            "base_revision": getattr(self.model.config, "_commit_hash", None) or config.revision or "",
+        }
         self.prompts: dict[tuple[str, str], list[int]] = {}
 
     @property
@@ -67,6 +86,24 @@ class VLABackbone(nn.Module, ABC):
     @abstractmethod
     def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         """The family's small config with ``overrides`` merged in, its token ids from ``tokenizer``."""
+
+    def file_config(self, path: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+        """The architecture of a config.json, with the image token ids of ``tokenizer`` where it has them
+        (a local tokenizer numbers its special tokens its own way)."""
+        config = self.model_class.config_class.from_json_file(path)
+        vocab = tokenizer.get_vocab()
+        for key, token in self.image_token_names().items():
+            if token in vocab:
+                setattr(config, key, vocab[token])
+        return config
+
+    @abstractmethod
+    def image_token_names(self) -> dict[str, str]:
+        """Config keys of the image token ids -> the local tokenizer's tokens for them."""
+
+    @abstractmethod
+    def vision_tower_name(self) -> str:
+        """The name of the vision tower inside ``self.model`` (what ``freeze_vision`` freezes)."""
 
     @abstractmethod
     def image_multiple(self) -> int:
@@ -125,12 +162,15 @@ def freeze_unused_lm_head(model: PreTrainedModel) -> None:
         head.requires_grad_(False)
 
 
-def load_pretrained(model_class: type[PreTrainedModel], name: str, dtype: torch.dtype) -> PreTrainedModel:
-    """``from_pretrained`` of a hub id or local directory; a missing local path fails with a clear error."""
+def load_pretrained(
+    model_class: type[PreTrainedModel], name: str, dtype: torch.dtype, revision: str | None = None
+) -> PreTrainedModel:
+    """``from_pretrained`` of a hub id (at ``revision``) or local directory; a missing local path fails with a
+    clear error."""
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
         raise SpecError(f"model.vla.pretrained: {name} is not a directory")
     try:
-        return model_class.from_pretrained(name, dtype=dtype)
+        return model_class.from_pretrained(name, dtype=dtype, revision=revision)
     except OSError as err:
         raise SpecError(
             f"model.vla.pretrained: cannot load {name!r} ({str(err).splitlines()[0]}); give a hub id this "

@@ -9,7 +9,12 @@ repeated over the temporal patch). Real weights: ``Qwen/Qwen2-VL-2B-Instruct`` (
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import (
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
 
 from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone, small_config
@@ -40,24 +45,29 @@ class Qwen2VL(VLABackbone):
     """Qwen2-VL from transformers; small default: 64 px frames, 16 image tokens, 2+2 layers."""
 
     model_class = Qwen2VLForConditionalGeneration
+    small_defaults = SMALL_CONFIG
     image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP's, as Qwen2-VL's image processor
     image_std = (0.26862954, 0.26130258, 0.27577711)
 
-    def __init__(self, config, *, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, config, *, tokenizer: PreTrainedTokenizerBase, query_tokens: list[str] | None = None):
         if config.image_size is None:  # the vision config has no image size: Qwen2-VL takes any
             config = config.model_copy(update={"image_size": SMALL_IMAGE_SIZE})
-        super().__init__(config, tokenizer=tokenizer)
+        super().__init__(config, tokenizer=tokenizer, query_tokens=query_tokens)
 
-    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> Qwen2VLConfig:
-        config = small_config(SMALL_CONFIG, overrides, tokenizer)
-        tokens = {
+    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+        config = small_config(self.small_defaults, overrides, tokenizer)
+        tokens = {key: tokenizer.convert_tokens_to_ids(t) for key, t in self.image_token_names().items()}
+        return self.model_class.config_class(**config, **tokens)
+
+    def image_token_names(self) -> dict[str, str]:
+        return {
             "image_token_id": "<image>",
             "vision_start_token_id": "<vision_start>",
             "vision_end_token_id": "<vision_end>",
         }
-        return Qwen2VLConfig(
-            **config, **{key: tokenizer.convert_tokens_to_ids(t) for key, t in tokens.items()}
-        )
+
+    def vision_tower_name(self) -> str:
+        return "model.visual"
 
     def image_multiple(self) -> int:
         vision = self.model.config.vision_config
@@ -79,6 +89,34 @@ class Qwen2VL(VLABackbone):
         )
         image_tokens = (input_ids == self.model.config.image_token_id).int()
         return {"pixel_values": patches, "image_grid_thw": grid, "mm_token_type_ids": image_tokens}
+
+
+# Qwen2.5-VL's vision tower: SwiGLU MLPs, RMSNorm, window attention with a few full-attention blocks.
+SMALL_CONFIG_25 = {
+    **SMALL_CONFIG,
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": 64,  # = the text hidden size
+        "patch_size": 8,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 32,  # 2x2 merged patches per window
+        "fullatt_block_indexes": [1],
+    },
+}
+
+
+@VLAS.register
+class Qwen25VL(Qwen2VL):
+    """Qwen2.5-VL from transformers (frames enter as in Qwen2-VL); small default: 64 px frames, 16 image
+    tokens, 2+2 layers. Real weights: ``Qwen/Qwen2.5-VL-3B-Instruct``, ``Qwen/Qwen2.5-VL-7B-Instruct``
+    (``specs/configs/qwen2_5_vl_7b.json`` is the latter's architecture)."""
+
+    model_class = Qwen2_5_VLForConditionalGeneration
+    small_defaults = SMALL_CONFIG_25
 
 
 def patchify(

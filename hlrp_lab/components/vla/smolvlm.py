@@ -39,6 +39,12 @@ class SmolVLM(VLABackbone):
         config = small_config(SMALL_CONFIG, overrides, tokenizer)
         return SmolVLMConfig(**config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
 
+    def image_token_names(self) -> dict[str, str]:
+        return {"image_token_id": "<image>"}
+
+    def vision_tower_name(self) -> str:
+        return "model.vision_model"
+
     def image_multiple(self) -> int:
         return self.model.config.vision_config.patch_size * self.model.config.scale_factor
 
