@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import typer
 
-from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.lib.errors import REQUEUE_EXIT_CODE, Interrupted, RunError, SpecError
 
 ML_MODULES = {"torch", "ray", "transformers", "webdataset", "safetensors", "vector_quantize_pytorch"}
 
@@ -18,6 +18,9 @@ def cli_errors() -> Iterator[None]:
     except SpecError as err:
         typer.echo(f"error: {one_line(err)}", err=True)
         raise typer.Exit(2) from None
+    except Interrupted as err:
+        typer.echo(f"stopped: {one_line(err)}", err=True)
+        raise typer.Exit(REQUEUE_EXIT_CODE) from None
     except RunError as err:
         typer.echo(f"error: {one_line(err)}", err=True)
         raise typer.Exit(1) from None

@@ -93,9 +93,10 @@ class Slot:
 
 
 def render_worker(*args: Any) -> None:
-    """gymnasium's worker process, with Ctrl-C left to the main process (which terminates its workers) and one
-    llvmpipe render thread (the workers share the cores)."""
+    """gymnasium's worker process, with Ctrl-C and stop requests (SIGUSR1, lib.stop) left to the main process
+    (which terminates its workers) and one llvmpipe render thread (the workers share the cores)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     share_cores()
     _async_worker(*args)
 

@@ -18,16 +18,17 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_file, save_model
+from safetensors.torch import save_file, save_model
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from hlrp_lab.lib.distributed import barrier
 from hlrp_lab.lib.errors import CheckpointError, RunError
 from hlrp_lab.lib.layout import checkpoint_name, checkpoint_shards_name, checkpoint_state_name
 from hlrp_lab.lib.scrub import error_line
 from hlrp_lab.lib.util import temp_path, write_temp
+from hlrp_lab.lib.weights import load_weights
 from hlrp_lab.lib.world import World
 
 Weights = nn.Module | dict[str, torch.Tensor]  # a model, or its full state dict
@@ -63,7 +64,8 @@ class Checkpoints:
         """Write both files under temporary names, then rename each into place (weights first). A write error
         removes the temporary files, leaves the previous checkpoint as it was and raises a one-line RunError."""
         weights, state_file = self.weights_path(tag), self.state_path(tag)
-        tmp_weights = write_temp(weights, lambda tmp: save_weights(model, tmp, state["step"]), self.advice)
+        metadata = {"step": str(state["step"]), **state.get("base", {})}
+        tmp_weights = write_temp(weights, lambda tmp: save_weights(model, tmp, metadata), self.advice)
         try:
             tmp_state = write_temp(state_file, lambda tmp: save_state(state, tmp), self.advice)
         except RunError:
@@ -106,7 +108,7 @@ class Checkpoints:
             )
         device = next(model.parameters()).device
         try:
-            load_model(model, str(weights), device=str(device))
+            load_weights(model, weights, device)
         except RuntimeError as err:
             problem = f"{weights} does not match the spec's model ({summary(err)})"
             raise self.unusable(
@@ -135,10 +137,9 @@ class Checkpoints:
         return CheckpointError(f"{problem}; {first}{todo}")
 
 
-def save_weights(model: Weights, path: Path, step: int) -> None:
-    """``save_model`` (or ``save_file`` of a full state dict) with the step as metadata; its I/O errors raised
-    as OSError (safetensors reports them as SafetensorError)."""
-    metadata = {"step": str(step)}
+def save_weights(model: Weights, path: Path, metadata: dict[str, str]) -> None:
+    """``save_model`` (or ``save_file`` of a state dict) with ``metadata`` (the step, a LoRA model's base); its
+    I/O errors raised as OSError (safetensors reports them as SafetensorError)."""
     try:
         if isinstance(model, nn.Module):
             save_model(model, str(path), metadata=metadata)
@@ -209,8 +210,15 @@ class ShardedLast:
     into ``{stem}_last_step{step}.dcp/`` (every rank writes its own shards), and the training state beside it,
     written last by rank 0 and naming the folder. Loaded by any number of ranks: DCP reshards."""
 
-    def __init__(self, checkpoints: Checkpoints):
+    def __init__(self, checkpoints: Checkpoints, omitted: set[str] | None = None):
         self.checkpoints = checkpoints
+        self.omitted = omitted or set()  # state-dict names left out: a LoRA model's base (lib.weights)
+
+    def state_dicts(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """This rank's shards of the model (less the omitted weights) and of the optimizer state."""
+        model_state, optim_state = get_state_dict(module, optimizer)
+        kept = {name: value for name, value in model_state.items() if name not in self.omitted}
+        return {"model": kept, "optim": optim_state}
 
     def folder(self, step: int) -> Path:
         return self.checkpoints.model_dir / checkpoint_shards_name(self.checkpoints.prefix, "last", step)
@@ -221,9 +229,8 @@ class ShardedLast:
     def save(self, module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Every rank: write the shards, then rank 0 commits the state file and removes older folders."""
         folder = self.folder(state["step"])
-        model_state, optim_state = get_state_dict(module, optimizer)
         try:
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=folder)
+            dcp.save(self.state_dicts(module, optimizer), checkpoint_id=folder)
         except (OSError, CheckpointException) as err:  # DCP reports its ranks' write errors as the latter
             raise RunError(f"could not write {folder}: {summary(err)}; {self.checkpoints.advice}") from err
         if World.current().main:
@@ -243,14 +250,19 @@ class ShardedLast:
         folder = self.checkpoints.model_dir / state["shards"]
         if not (folder / ".metadata").is_file():
             raise self.checkpoints.unusable("last", f"checkpoint folder {folder} is missing or incomplete")
-        model_state, optim_state = get_state_dict(module, optimizer)
-        loaded = {"model": model_state, "optim": optim_state}
+        loaded = self.state_dicts(module, optimizer)
         try:
             dcp.load(loaded, checkpoint_id=folder)
         except (Exception, CheckpointException) as err:  # a shard missing, truncated or from another model
             problem = f"{folder} cannot be loaded into the spec's model ({summary(err)})"
             raise self.checkpoints.unusable("last", problem) from err
-        set_state_dict(module, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        set_state_dict(
+            module,
+            optimizer,
+            model_state_dict=loaded["model"],
+            optim_state_dict=loaded["optim"],
+            options=StateDictOptions(strict=not self.omitted),
+        )
         return state
 
     def recover(self) -> None:

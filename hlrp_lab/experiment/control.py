@@ -22,6 +22,7 @@ from loguru import logger
 from hlrp_lab.experiment.analysis import aggregate_sessions, save_session_graphs, save_trial_graphs
 from hlrp_lab.experiment.checkpoint import Checkpoints
 from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
+from hlrp_lab.lib import stop
 from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.device import pick_device
 from hlrp_lab.lib.distributed import barrier
@@ -99,6 +100,7 @@ class Session:
 def run_session(spec: dict, threads: int, on_eval: SessionEval | None = None) -> dict[str, float]:
     """Train one session, in this process or a spawned one, with ``threads`` torch threads."""
     torch.set_num_threads(threads)
+    stop.listen()  # a spawned session hears a stop request itself (Slurm signals every process of a job)
     return Session(spec, on_eval).run()
 
 

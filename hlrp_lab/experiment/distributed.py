@@ -22,12 +22,14 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.weights import WRAPPER_PREFIX
 from hlrp_lab.lib.world import World
 from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.base import Stage
@@ -130,16 +132,25 @@ class Runner:
                 fsdp.set_requires_gradient_sync(True)
 
 
-def full_weights(root: nn.Module, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole weights of ``model`` inside FSDP-sharded ``root``, gathered to rank 0's CPU (a collective:
-    every rank calls it; the others get an empty dict), named as ``model`` names them, each tied parameter
-    once (as ``safetensors.torch.load_model`` expects)."""
-    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def full_weights(root: nn.Module, model: nn.Module, skip: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The whole weights of ``model`` inside FSDP-sharded ``root``, but those named in ``skip``, gathered to
+    rank 0's CPU one tensor at a time (a collective: every rank calls it; the others get an empty dict), named
+    as ``model`` names them, each tied parameter once (as ``safetensors.torch.load_model`` expects)."""
+    skip = skip or set()
     prefix = next(name for name, module in root.named_modules() if module is model)
     every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     aliases = every - {name for name, _ in model.named_parameters()}
-    named = {name.removeprefix(f"{prefix}.") if prefix else name: tensor for name, tensor in full.items()}
-    return {name: tensor for name, tensor in named.items() if name not in aliases}
+    aliases = {name.replace(WRAPPER_PREFIX, "") for name in aliases}
+    main = World.current().main
+    gathered = {}
+    for name, tensor in get_model_state_dict(root).items():  # this rank's shards: nothing is copied yet
+        name = name.removeprefix(f"{prefix}.") if prefix else name
+        if name in skip or name in aliases:
+            continue
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if main:
+            gathered[name] = full.detach().cpu()
+    return gathered
 
 
 def block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:

@@ -13,8 +13,9 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
+from hlrp_lab.lib import stop
 from hlrp_lab.lib.cpus import available_cpus
-from hlrp_lab.lib.errors import RunError, SpecError
+from hlrp_lab.lib.errors import REQUEUE_EXIT_CODE, Interrupted, RunError, SpecError
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.runs import FAILED, RUN_DIR_FILE, RUNNING, read_status, write_status
 
@@ -78,18 +79,26 @@ def launch(plan: Launch, spec_name: str, lab_args: list[str]) -> None:
     cannot record it itself)."""
     threads = max(1, available_cpus() // plan.nproc_per_node)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # torch threads per rank (the lab sets them too)
+    stop.listen(forward=True)  # a stop request reaches every rank of this node
+    given = os.environ.get(RUN_DIR_FILE)  # a job script's (Slurm), which outlives this launch
     with tempfile.TemporaryDirectory() as folder:
-        run_dir_file = Path(folder) / "run_dir"
+        run_dir_file = Path(given or Path(folder) / "run_dir")
         os.environ[RUN_DIR_FILE] = str(run_dir_file)
         try:
             run(parse_args([*plan.torchrun_args(), "-m", "hlrp_lab", *lab_args]))
         except ChildFailedError as err:
+            if err.get_first_failure()[1].exitcode == REQUEUE_EXIT_CODE:
+                run_dir = run_dir_file.read_text() if run_dir_file.is_file() else "RUN_DIR"
+                raise Interrupted(
+                    f"the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir}"
+                ) from None
             line = failure_line(err, plan)
             if run_dir_file.is_file():
                 record_failure(RunLayout(Path(run_dir_file.read_text()), spec_name), err, line)
             raise RunError(line) from None
         finally:
-            del os.environ[RUN_DIR_FILE]
+            if given is None:
+                del os.environ[RUN_DIR_FILE]
 
 
 def record_failure(layout: RunLayout, err: ChildFailedError, line: str) -> None:

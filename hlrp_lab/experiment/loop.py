@@ -16,8 +16,10 @@ from tqdm import tqdm
 from hlrp_lab.experiment.checkpoint import Checkpoints, ShardedLast
 from hlrp_lab.experiment.distributed import Runner, full_weights
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
-from hlrp_lab.lib.distributed import barrier, first_over_ranks, mean_over_ranks
-from hlrp_lab.lib.errors import NonFiniteLossError
+from hlrp_lab.lib import stop
+from hlrp_lab.lib.distributed import any_over_ranks, barrier, first_over_ranks, mean_over_ranks
+from hlrp_lab.lib.errors import Interrupted, NonFiniteLossError
+from hlrp_lab.lib.weights import base_of, check_base, kept_weights, reloadable_weights
 from hlrp_lab.lib.world import World
 from hlrp_lab.stages.base import Stage
 
@@ -37,11 +39,14 @@ class Loop:
         self.stage = stage
         self.train = spec["train"]
         self.checkpoints = checkpoints
-        self.sharded_last = ShardedLast(checkpoints) if stage.Config.shardable else None
         self.world = World.current()
         self.on_eval = (on_eval or []) if self.world.main else []
         self.device = next(stage.model.parameters()).device  # before FSDP may offload parameters to the CPU
         self.runner = Runner(stage, spec, self.world)
+        self.omitted = reloadable_weights(stage.model)  # a LoRA model's base: checkpoints leave it out
+        self.base = base_of(stage.model)
+        shards_omit = reloadable_weights(self.runner.module)  # the same, named from the runner's root
+        self.sharded_last = ShardedLast(checkpoints, shards_omit) if stage.Config.shardable else None
         self.params = self.runner.parameters()
         self.optimizer = build_optimizer(self.params, spec["optim"])
         self.scheduler = build_scheduler(self.optimizer, spec["optim"], self.train["max_step"])
@@ -79,7 +84,20 @@ class Loop:
                 self.train_time += time.perf_counter() - started
                 progress.update(1)
                 self.after_step(progress)
+                if any_over_ranks(stop.requested()) and self.step < max_step:
+                    self.stop_for_requeue()
         return self.final_metrics()
+
+    def stop_for_requeue(self) -> None:
+        """A stop request (lib.stop): write `last` at this step on every rank, then stop the run."""
+        self.train_row()  # raises if a step since the last row had a non-finite loss: no checkpoint of that
+        if self.saved_step != self.step:
+            self.save_last()
+        raise Interrupted(
+            f"{self.checkpoints.prefix} at step {self.step} of {self.train['max_step']} on "
+            f"{stop.STOP_SIGNAL.name}, its `last` checkpoint written; resume with "
+            f"train@{self.checkpoints.model_dir.parent}"
+        )
 
     def optimizer_step(self) -> None:
         accum = self.train["grad_accum"]
@@ -161,20 +179,24 @@ class Loop:
         if self.improved(value):
             self.best = value
             self.save_best({"step": self.step, "metrics": row})
+        self.save_last()
+
+    def save_last(self) -> None:
         if self.sharded_last:
             self.sharded_last.save(self.runner.module, self.optimizer, self.training_state())
         elif self.world.main:  # DDP replicas hold the same weights and optimizer state
             state = {**self.training_state(), "optimizer": self.optimizer.state_dict()}
-            self.checkpoints.save("last", self.stage.model, state)
+            self.checkpoints.save("last", kept_weights(self.stage.model), state)
         self.saved_step = self.step
 
     def save_best(self, state: dict[str, Any]) -> None:
         """`best` as one safetensors file, written by rank 0 (FSDP's shards gathered to it first)."""
+        state = {**state, "base": self.base}
         if not self.runner.sharded:
             if self.world.main:
-                self.checkpoints.save("best", self.stage.model, state)
+                self.checkpoints.save("best", kept_weights(self.stage.model), state)
             return
-        weights = full_weights(self.runner.module, self.stage.model)  # a collective; rank 0 gets them
+        weights = full_weights(self.runner.module, self.stage.model, self.omitted)  # a collective
         if self.world.main:
             self.checkpoints.save("best", weights, state)
 
@@ -193,11 +215,14 @@ class Loop:
             "scheduler": self.scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "base": self.base,
         }
 
     def restore(self) -> None:
         if self.sharded_last:
             state = self.sharded_last.load(self.runner.module, self.optimizer)
+            if self.omitted:
+                check_base(self.stage.model, state.get("base", {}), self.checkpoints.state_path("last"))
         else:
             state = self.checkpoints.load("last", self.stage.model)
             self.optimizer.load_state_dict(state["optimizer"])

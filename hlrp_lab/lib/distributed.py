@@ -56,6 +56,15 @@ def first_over_ranks(step: int) -> int:
     return -1 if first == unset else first
 
 
+def any_over_ranks(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (one all_reduce of a CPU integer)."""
+    if not World.current().distributed:
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.long)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def rank_slice_randn(like: torch.Tensor) -> torch.Tensor:
     """Standard normal noise shaped like ``like`` (B, ...), drawn as this rank's rows of the noise of the
     whole batch over every rank: with the same seed on every rank, each sample gets the noise it would get in

@@ -13,6 +13,15 @@ class NonFiniteLossError(RunError):
     """The loss became NaN or inf; the last good checkpoint is left as it was."""
 
 
+# The exit code of a run stopped by a stop request (lib.stop) after writing its `last` checkpoint: EX_TEMPFAIL,
+# "try again"; a Slurm job script requeues the job on it.
+REQUEUE_EXIT_CODE = 75
+
+
+class Interrupted(RunError):
+    """The run stopped on request after writing its `last` checkpoint; resuming continues it. Exit code 75."""
+
+
 class CheckpointError(RunError):
     """A checkpoint is missing or inconsistent."""
 

@@ -12,15 +12,16 @@ from typing import Any
 
 from loguru import logger
 
-from hlrp_lab.lib.errors import SpecError, first_line
+from hlrp_lab.lib.errors import Interrupted, SpecError, first_line
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.scrub import mask_spec_file, scrub_text, secret_values
 from hlrp_lab.lib.util import write_json
 
 DATA_ROOT = Path("data")
 RUN_DIR_NAME = re.compile(r"(?P<spec>.+)_(?P<ts>\d{4}_\d{2}_\d{2}_\d{6})(?:_(?P<n>\d+))?")
-# A run's state (RunLayout.status): running while it trains (and after a kill), then completed or failed.
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+# A run's state (RunLayout.status): running while it trains (and after a kill), then completed or failed, or
+# interrupted: stopped on request with its `last` checkpoints written (lib.stop), to be resumed.
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
 # Set by `run --nproc-per-node`: a file where rank 0 writes its run directory, so that the launcher can record
 # the failure of a rank that could not record it itself.
 RUN_DIR_FILE = "HLRP_RUN_DIR_FILE"
@@ -67,6 +68,9 @@ def recorded_status(layout: RunLayout) -> Iterator[None]:
     write_status(layout, RUNNING)
     try:
         yield
+    except Interrupted as err:
+        write_status(layout, INTERRUPTED, str(err))
+        raise
     except BaseException as err:
         write_status(layout, FAILED, scrub_text(first_line(err), secret_values()))
         raise

@@ -9,12 +9,13 @@ mean squared error of the normalised actions on held-out scenes, against predict
 With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in Meta-World.
 """
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from loguru import logger
-from safetensors.torch import load_model
+from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -25,6 +26,7 @@ from hlrp_lab.data.shards import manifest_of
 from hlrp_lab.lib.distributed import broadcast_from_main
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
+from hlrp_lab.lib.weights import load_weights
 from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.config import FinetuneConfig
 from hlrp_lab.stages.rollouts import Rollouts
@@ -73,7 +75,7 @@ class VLAPolicy(nn.Module):
 
 def architecture(block: dict) -> dict:
     """A component block without the keys that only say how it trains or loads."""
-    return {key: value for key, value in block.items() if key not in ("freeze", "dtype")}
+    return {key: value for key, value in block.items() if key not in ("freeze", "freeze_vision", "dtype")}
 
 
 def foundation_reference(spec: dict) -> RunReference | None:
@@ -143,6 +145,12 @@ class FinetuneStage(VLAStage):
         )
         return VLAPolicy(vla, head, action_dim)
 
+    @classmethod
+    def model_for_weights(cls, spec: dict, tokenizer: PreTrainedTokenizerBase, weights: Path) -> VLAPolicy:
+        with safe_open(str(weights), framework="pt") as f:
+            action_dim = f.get_slice("action_low").get_shape()[0]
+        return cls.build_model(spec, tokenizer, action_dim)
+
     def __init__(self, spec: dict, device: torch.device, seed: int):
         data = spec["data"]
         urls = data_urls(data)
@@ -158,7 +166,7 @@ class FinetuneStage(VLAStage):
         self.model.action_high.copy_(torch.from_numpy(high))
         reference = foundation_reference(spec)
         if reference is not None:
-            load_model(self.model.vla, str(reference.weights), device=str(device))
+            load_weights(self.model.vla, reference.weights, device)
             logger.info(f"finetuning from {reference.weights}")
         self.rollouts = Rollouts.of_data(spec, urls)
 

@@ -264,3 +264,92 @@ def torch_load(path: Path) -> dict:
     import torch
 
     return torch.load(path, weights_only=True)
+
+
+def lora_base(folder: Path) -> str:
+    """A small SmolVLM saved as a `pretrained` directory with its tokenizer, as a hub download leaves one."""
+    from hlrp_lab.components.vla import VLAS
+    from hlrp_lab.components.vla.tokenizer import local_tokenizer
+
+    tokenizer = local_tokenizer(["push the block", "open the drawer"])
+    backbone = VLAS.build({"name": "SmolVLM"}, "model.vla", tokenizer=tokenizer)
+    backbone.model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_lora_on_a_pretrained_base_stops_on_sigusr1_on_two_ranks_and_resumes(workdir, tmp_path):
+    """LoRA under FSDP on 2 ranks: SIGUSR1 to the launcher (as Slurm sends it before the time limit) makes every
+    rank write `last` and the job exit 75; train@ resumes it on 2 ranks; checkpoints hold adapters only, and
+    `best` evaluates and merges into plain weights."""
+    if not list((workdir / "data").glob("laq_debug_*/info/status.json")):
+        lab(*laq_args(), cwd=workdir)  # the LAQ run whose codes label vla_debug's data
+    base = lora_base(tmp_path / "base")
+    lora = ["-s", f"model.vla.pretrained={base}", "-s", 'model.vla.lora={"r": 4, "alpha": 8}']
+    args = [*vla_args(*lora, "--nproc-per-node", "2"), "-s", "train.max_step=40"]
+    started = time.time()
+    proc = start_lab(args, workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        state_file = wait_for(
+            lambda: [
+                p
+                for p in (workdir / "data").glob("vla_debug_*/model/vla_debug_t0_s0_last_state.pt")
+                if p.stat().st_mtime >= started
+            ],
+            proc,
+        )
+        os.kill(proc.pid, signal.SIGUSR1)  # the launcher alone: it passes the request on to its ranks
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, stderr[-3000:]
+    run_dir = state_file.parents[1]
+    assert f"stopped: the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir.relative_to(workdir)}" in stderr
+    status = json.loads((run_dir / "info" / "status.json").read_text())
+    stopped = torch_load(state_file)
+    assert status["status"] == "interrupted" and f"at step {stopped['step']} of 40" in status["error"]
+    assert stopped["base"]["base_model"] == base and 0 < stopped["step"] < 40
+
+    lab("run", FOUNDATION, "vla_debug", f"train@{run_dir}", "--nproc-per-node", "2", cwd=workdir)
+    assert last_row(run_dir, "vla_debug")["step"] == 40
+    rank0 = (run_dir / "log" / "vla_debug_t0_s0_rank0.log").read_text()
+    assert f"resumed from step {stopped['step']} on 2 rank(s)" in rank0
+
+    from safetensors import safe_open
+
+    best = run_dir / "model" / "vla_debug_t0_s0_best.safetensors"
+    with safe_open(str(best), framework="pt") as f:
+        names, metadata = set(f.keys()), f.metadata()
+    assert metadata["base_model"] == base
+    assert any("lora_A" in n for n in names) and not any(n.endswith("q_proj.base_layer.weight") for n in names)
+    from torch.distributed.checkpoint import FileSystemReader
+
+    shards = torch_load(run_dir / "model" / "vla_debug_t0_s0_last_state.pt")["shards"]
+    saved = FileSystemReader(run_dir / "model" / shards).read_metadata().state_dict_metadata
+    weights = [key for key in saved if key.startswith("model.")]
+    assert any("lora_B" in key for key in weights) and any("latent_head" in key for key in weights)
+    assert not any("base_layer" in key or key.endswith("o_proj.weight") for key in weights)  # no base
+
+    lab("run", FOUNDATION, "vla_debug", f"eval@{run_dir}", cwd=workdir)
+    evaluated = json.loads((run_dir / "info" / "vla_debug_t0_eval_metrics.json").read_text())["mean"]
+    best_state = torch_load(run_dir / "model" / "vla_debug_t0_s0_best_state.pt")
+    assert evaluated["val_token_acc"] == pytest.approx(best_state["metrics"]["val_token_acc"], rel=1e-5)
+
+    lab("merge-lora", str(run_dir), cwd=workdir)
+    merged = run_dir / "model" / "vla_debug_t0_s0_best_merged.safetensors"
+    with safe_open(str(merged), framework="pt") as f:
+        plain = set(f.keys())
+    assert not any("lora_" in n or "base_layer" in n for n in plain)
+    assert any(n.endswith("q_proj.weight") for n in plain)
+
+
+def wait_for(found, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    """The first path ``found()`` returns while ``proc`` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        paths = found()
+        if paths:
+            return paths[0]
+        time.sleep(0.05)
+    raise AssertionError(f"nothing appeared in {timeout} s (exit code {proc.poll()})")

@@ -215,7 +215,7 @@ def test_recover_completes_a_save_killed_between_its_two_renames(tmp_path):
     checkpoints = Checkpoints(tmp_path, "x")
     model = torch.nn.Linear(3, 2)
     checkpoints.save("last", model, {"step": 1})
-    save_weights(model, checkpoints.weights_path("last"), 2)
+    save_weights(model, checkpoints.weights_path("last"), {"step": "2"})
     torch.save({"step": 2}, temp_path(checkpoints.state_path("last")))
     checkpoints.recover()
     assert temp_files(tmp_path) == []
