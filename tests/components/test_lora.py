@@ -3,7 +3,7 @@ base and their merge into plain weights; the 7B architecture from the repo's con
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.lora import merge_lora
@@ -72,7 +72,11 @@ def test_a_frozen_vision_tower_gets_no_adapters_and_no_gradient(name):
 
 def test_freeze_and_lora_together_is_a_spec_error():
     with pytest.raises(SpecError, match="freeze.*lora"):
-        check_spec(resolve_spec("specs/foundation.json", "vla_debug", {"model.vla.freeze": True, "model.vla.lora": LORA}))
+        check_spec(
+            resolve_spec(
+                "specs/foundation.json", "vla_debug", {"model.vla.freeze": True, "model.vla.lora": LORA}
+            )
+        )
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -116,7 +120,11 @@ def test_checkpoints_of_a_lora_model_on_a_pretrained_base_keep_only_what_trains(
 def test_adapters_refuse_another_base_and_full_weights_name_the_fix(base_dir, tmp_path):
     model = build("SmolVLM", pretrained=base_dir, lora=LORA)
     path = tmp_path / "adapters.safetensors"
-    save_file(kept_weights(model), str(path), metadata={"step": "1", "base_model": "/elsewhere", "base_revision": ""})
+    save_file(
+        kept_weights(model),
+        str(path),
+        metadata={"step": "1", "base_model": "/elsewhere", "base_revision": ""},
+    )
     with pytest.raises(CheckpointError, match="model.vla.pretrained=/elsewhere"):
         load_weights(model, path, "cpu")
     full = tmp_path / "full.safetensors"

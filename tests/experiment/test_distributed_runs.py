@@ -305,7 +305,10 @@ def test_lora_on_a_pretrained_base_stops_on_sigusr1_on_two_ranks_and_resumes(wor
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 75, stderr[-3000:]
     run_dir = state_file.parents[1]
-    assert f"stopped: the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir.relative_to(workdir)}" in stderr
+    assert (
+        f"stopped: the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir.relative_to(workdir)}"
+        in stderr
+    )
     status = json.loads((run_dir / "info" / "status.json").read_text())
     stopped = torch_load(state_file)
     assert status["status"] == "interrupted" and f"at step {stopped['step']} of 40" in status["error"]
@@ -322,7 +325,9 @@ def test_lora_on_a_pretrained_base_stops_on_sigusr1_on_two_ranks_and_resumes(wor
     with safe_open(str(best), framework="pt") as f:
         names, metadata = set(f.keys()), f.metadata()
     assert metadata["base_model"] == base
-    assert any("lora_A" in n for n in names) and not any(n.endswith("q_proj.base_layer.weight") for n in names)
+    assert any("lora_A" in n for n in names) and not any(
+        n.endswith("q_proj.base_layer.weight") for n in names
+    )
     from torch.distributed.checkpoint import FileSystemReader
 
     shards = torch_load(run_dir / "model" / "vla_debug_t0_s0_last_state.pt")["shards"]

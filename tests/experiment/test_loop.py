@@ -1,6 +1,10 @@
 """The training loop, checkpoints and control layer on a tiny real LAQ run (in-process)."""
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,8 @@ from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.experiment import Experiment
 from hlrp_lab.experiment.lab import evaluate_run, run_lab
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
-from hlrp_lab.lib.errors import CheckpointError, NonFiniteLossError
+from hlrp_lab.lib import stop
+from hlrp_lab.lib.errors import CheckpointError, Interrupted, NonFiniteLossError
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.spec_util import Mode
 
@@ -146,3 +151,34 @@ def test_scheduler_warms_up_then_decays_to_min_ratio():
     lrs.append(scheduler.get_last_lr()[0])
     assert lrs[0] == pytest.approx(0.2) and lrs[:5] == sorted(lrs[:5]) and lrs[4] == pytest.approx(1.0)
     assert lrs[5:] == sorted(lrs[5:], reverse=True) and lrs[-1] == pytest.approx(0.1)
+
+
+def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
+    tmp_path, monkeypatch, tiny_spec
+):
+    """SIGUSR1 (Slurm's warning before a time limit): the loop writes `last` at the end of the step, the run
+    is marked interrupted and raises Interrupted (exit code 75); train@ continues from that step."""
+    monkeypatch.chdir(tmp_path)
+    tiny_spec["train"].update(max_step=100_000, eval_frequency=5, log_frequency=5)
+    spec_file = write_spec_file(tmp_path, tiny_spec)
+    stop.listen()
+
+    def signal_after_first_checkpoint() -> None:
+        while not list(Path("data").glob("tiny_*/model/tiny_t0_s0_last_state.pt")):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=signal_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(Interrupted, match=r"tiny_t0_s0 at step (\d+) of 100000 on SIGUSR1") as err:
+        run_lab(spec_file, "tiny", Mode("train"), {})
+    step = int(err.value.args[0].split("at step ")[1].split(" ")[0])
+    run_dir = max(Path("data").glob("tiny_*"))
+    status = json.loads((run_dir / "info" / "status.json").read_text())
+    assert status["status"] == "interrupted" and f"train@{run_dir}" in status["error"]
+    state = torch.load(run_dir / "model" / "tiny_t0_s0_last_state.pt", weights_only=True)
+    assert state["step"] == step > 5  # this step's, not the last evaluation's
+
+    stop.listen()  # a new run listens afresh
+    run_lab(spec_file, "tiny", Mode("train", run_dir), {"train.max_step": step + 5})
+    assert trial_metrics(run_dir)["mean"]["step"] == step + 5
+    assert json.loads((run_dir / "info" / "status.json").read_text())["status"] == "completed"
