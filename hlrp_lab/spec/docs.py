@@ -1,5 +1,6 @@
 """The spec-key reference of docs/SPECS.md, generated from the pydantic models so it never drifts."""
 
+import inspect
 import json
 from pathlib import Path
 from types import UnionType
@@ -61,15 +62,23 @@ def table(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = ()) -> st
     return "\n".join(rows)
 
 
+def block_model(field: FieldInfo) -> type[BaseModel] | None:
+    """The model of a block-valued key (``train.distributed``, or an optional one like ``model.vla.lora``)."""
+    for candidate in (field.annotation, *get_args(field.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def nested_tables(model: type[BaseModel], prefix: str) -> list[str]:
-    """A table for each block of ``model`` whose default is a model of its own (``train.distributed``)."""
+    """A table for each key of ``model`` whose value is a block of keys of its own."""
     parts = []
     for name, field in model.model_fields.items():
-        nested = field.annotation
-        if isinstance(nested, type) and issubclass(nested, BaseModel) and field.default_factory is nested:
+        nested = block_model(field)
+        if nested is not None:
             parts += [
                 f"### `{prefix}.{name}`",
-                (nested.__doc__ or "").strip(),
+                inspect.cleandoc(nested.__doc__ or ""),
                 table(nested, f"{prefix}.{name}."),
             ]
     return parts
@@ -82,6 +91,7 @@ def registry_tables(registry: Registry, key: str) -> list[str]:
         config = registry.config_class(name, key)
         parts.append(f"### `{key}`: `{name}`\n\n{(cls.__doc__ or '').strip().splitlines()[0]}\n")
         parts.append(table(config, f"{key}.") if config.model_fields else "No keys besides `name`.")
+        parts += nested_tables(config, key)
     return parts
 
 
