@@ -153,3 +153,23 @@ def test_vla_7b_builds_from_the_repo_config_on_the_meta_device_offline():
     assert base == 8_292_166_656  # Qwen2.5-VL-7B-Instruct, as published
     assert {p.dtype for n, p in backbone.named_parameters() if not p.requires_grad} == {torch.bfloat16}
     assert not any(p.requires_grad for n, p in backbone.named_parameters() if n.startswith("model.visual"))
+
+
+def test_activation_checkpointing_of_a_lora_model_gives_the_same_adapter_gradients():
+    from hlrp_lab.experiment.distributed import checkpoint_blocks
+
+    def adapter_grads(checkpointed: bool) -> dict[str, torch.Tensor]:
+        model = build("Qwen25VL", lora=LORA).train()
+        train_adapters(model)
+        if checkpointed:
+            checkpoint_blocks(model)
+        images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        ids, mask = model.encode(["push the block", "open the drawer"], "".join(QUERIES))
+        model(images, ids, mask).pow(2).mean().backward()
+        named = model.named_parameters()
+        return {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in named if p.requires_grad}
+
+    plain, checkpointed = adapter_grads(False), adapter_grads(True)
+    assert plain.keys() == checkpointed.keys() and all(g is not None for g in plain.values())
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-4, msg=name)
