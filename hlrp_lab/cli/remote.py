@@ -1,8 +1,9 @@
-"""``hlrp-lab run-remote``: a run on a cloud machine through dstack; its results come back through the Hub.
+"""``hlrp-lab run-remote``: a run on a cloud machine through dstack (its results come back through the Hub), on
+several GPU nodes through dstack (``--nodes``), or on a Slurm cluster (``--slurm``, hlrp_lab/cli/slurm.py).
 
-The spec is checked here first. The framework keys always, in this process (no torch); the components too
-when the training dependencies are installed, in a child process (``hlrp-lab spec show``), so that this
-command stays light and gives the errors ``run`` would give.
+The spec is checked here first, in this process and without torch: every framework key, component and search
+entry, and the batch split over the job's ranks, so that this command stays light and gives the errors
+``run`` would give.
 """
 
 import itertools
@@ -11,6 +12,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +22,7 @@ import pydash
 import typer
 
 from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.cli.slurm import DEFAULT_LAUNCHER, DEFAULT_SIGNAL_LEAD_S, SlurmJob
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.scrub import MASK, is_secret_name
 
@@ -27,6 +31,8 @@ RUN_NAME = re.compile(r"[a-z][a-z0-9-]{1,40}")
 REMOTE_MODES = ("dev", "train", "search")
 NOT_SET = "(not set)"
 RUN_REFERENCE_KEYS = ("train.init_from", "data.source.laq")  # runs a later stage starts from
+MULTINODE_CONFIG = "run-gpu-multinode.yml"
+NODES, SLURM = "Nodes", "Slurm (--slurm)"  # help panels
 
 
 def run_remote(
@@ -37,7 +43,10 @@ def run_remote(
     mode: Annotated[str, typer.Argument(help="dev | train | search")] = "train",
     gpu: Annotated[bool, typer.Option("--gpu", help="Run on a GPU machine (.dstack/run-gpu-*.yml).")] = False,
     name: Annotated[
-        str | None, typer.Option("-n", "--name", help="dstack run name (default: spec name and time).")
+        str | None,
+        typer.Option(
+            "-n", "--name", help="dstack run name, or Slurm job name (default: spec name and time)."
+        ),
     ] = None,
     sets: Annotated[
         list[str] | None, typer.Option("-s", "--set", help="KEY=VALUE, as in `run`. Repeatable.")
@@ -48,24 +57,203 @@ def run_remote(
             "--dry-run", help="Check everything, print the command and environment, launch nothing."
         ),
     ] = False,
+    nodes: Annotated[
+        int, typer.Option(min=1, help="Nodes of the job (dstack: with --gpu).", rich_help_panel=NODES)
+    ] = 1,
+    gpus_per_node: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="GPUs per node, one rank each (dstack default: the config's; Slurm default 1, 0: a CPU job).",
+            rich_help_panel=NODES,
+        ),
+    ] = None,
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="Submit to Slurm with sbatch instead.", rich_help_panel=SLURM)
+    ] = False,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ranks per node (default: --gpus-per-node).", rich_help_panel=SLURM),
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="CPUs per node for all its ranks (default: one per rank).", rich_help_panel=SLURM
+        ),
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.", rich_help_panel=SLURM)] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account.", rich_help_panel=SLURM)] = None,
+    time: Annotated[
+        str | None, typer.Option(help="Time limit, HH:MM:SS or D-HH:MM:SS.", rich_help_panel=SLURM)
+    ] = None,
+    requeue: Annotated[
+        bool,
+        typer.Option(
+            "--requeue",
+            help="Requeue the job when SIGUSR1 (before the time limit) stopped it, and on preemption; it resumes "
+            "from last.",
+            rich_help_panel=SLURM,
+        ),
+    ] = False,
+    signal_lead: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seconds before the time limit that SIGUSR1 asks for a checkpoint.",
+            rich_help_panel=SLURM,
+        ),
+    ] = DEFAULT_SIGNAL_LEAD_S,
+    sbatch_args: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sbatch-arg",
+            help="One more #SBATCH option, e.g. --sbatch-arg=--qos=high. Repeatable.",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            help=f"The command that runs hlrp-lab on the nodes (default: {DEFAULT_LAUNCHER}).",
+            rich_help_panel=SLURM,
+        ),
+    ] = None,
+    upload_hf: Annotated[
+        bool,
+        typer.Option(
+            "--upload-hf", help="Upload the results to the Hub too (HF_REPO).", rich_help_panel=SLURM
+        ),
+    ] = False,
 ) -> None:
-    """Launch `hlrp-lab run SPEC_FILE SPEC_NAME MODE --upload-hf` on a cloud machine with dstack."""
+    """Launch `hlrp-lab run SPEC_FILE SPEC_NAME MODE --upload-hf` on a cloud machine with dstack (several GPU
+    nodes with --nodes), or submit it to a Slurm cluster with --slurm."""
     sets = sets or []
+    if slurm:
+        with cli_errors():
+            check_mode(mode)
+            if gpu:
+                raise SpecError("--gpu: a dstack option; with --slurm give --gpus-per-node N (default 1)")
+            job = SlurmJob(
+                spec_file=slurm_spec_path(spec_file),
+                spec_name=spec_name,
+                mode=mode,
+                name=name or default_run_name(spec_name),
+                checkout=Path.cwd().resolve(),
+                sets=tuple(sets),
+                nodes=nodes,
+                gpus_per_node=1 if gpus_per_node is None else gpus_per_node,
+                nproc_per_node=nproc_per_node,
+                cpus_per_task=cpus_per_task,
+                partition=partition,
+                account=account,
+                time=time,
+                requeue=requeue,
+                signal_lead_s=signal_lead,
+                sbatch_args=tuple(sbatch_args or []),
+                launcher=launcher or DEFAULT_LAUNCHER,
+                upload_hf=upload_hf,
+            )
+        submit_slurm(job, dry_run)
+        return
+    with cli_errors():
+        refuse_slurm_options(
+            {
+                "--nproc-per-node": nproc_per_node,
+                "--cpus-per-task": cpus_per_task,
+                "--partition": partition,
+                "--account": account,
+                "--time": time,
+                "--requeue": requeue or None,
+                "--signal-lead": None if signal_lead == DEFAULT_SIGNAL_LEAD_S else signal_lead,
+                "--sbatch-arg": sbatch_args,
+                "--launcher": launcher,
+                "--upload-hf": upload_hf or None,
+            }
+        )
+        plan = dstack_plan(gpu, mode, nodes, gpus_per_node)
+    launch_dstack(plan, spec_file, spec_name, mode, name, sets, dry_run)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in REMOTE_MODES:
+        raise SpecError(f"mode {mode!r}: run-remote takes one of {', '.join(REMOTE_MODES)}")
+
+
+def refuse_slurm_options(options: dict[str, object]) -> None:
+    """A dstack run: none of the Slurm options (flag -> value, None when not given)."""
+    given = next((flag for flag, value in options.items() if value is not None), None)
+    if given is not None:
+        raise SpecError(f"{given}: a Slurm option; add --slurm (dstack runs use .dstack/ configs)")
+
+
+@dataclass(frozen=True)
+class DstackPlan:
+    """The config a dstack run applies, and for a multi-node run the nodes and GPUs per node to write into a
+    copy of it."""
+
+    config: Path
+    nodes: int = 1
+    gpus_per_node: int | None = None
+
+    @property
+    def multinode(self) -> bool:
+        return self.config.name == MULTINODE_CONFIG
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * (self.gpus_per_node or 1)
+
+
+def dstack_plan(gpu: bool, mode: str, nodes: int, gpus_per_node: int | None) -> DstackPlan:
+    """Which config: one machine (CPU or GPU, train or search), or several GPUs/nodes with --nodes or
+    --gpus-per-node (the multi-node config, whose GPU count is the default)."""
+    check_mode(mode)
+    if nodes == 1 and gpus_per_node is None:
+        return DstackPlan(dstack_config(gpu, mode))
+    flag = f"--nodes {nodes}" if nodes > 1 else f"--gpus-per-node {gpus_per_node}"
+    if not gpu:
+        raise SpecError(f"{flag}: several nodes or GPUs run on GPU machines; add --gpu (or --slurm)")
+    if gpus_per_node == 0:
+        raise SpecError(
+            "--gpus-per-node 0: a dstack multi-node run is on GPUs; give 1 or more, or use --slurm"
+        )
+    config = DSTACK_DIR / MULTINODE_CONFIG
+    if not config.is_file():
+        raise SpecError(f"{config} not found; run run-remote from the root of the hlrp-lab checkout")
+    plan = DstackPlan(config, nodes, gpus_per_node or config_gpus(config))
+    if mode == "search" and plan.ranks > 1:
+        raise SpecError(
+            f"{flag}: a search runs in one process (Ray Tune spreads its trials), not on {plan.ranks} ranks; "
+            "run it without --nodes and --gpus-per-node"
+        )
+    return plan
+
+
+def launch_dstack(
+    plan: DstackPlan,
+    spec_file: Path,
+    spec_name: str,
+    mode: str,
+    name: str | None,
+    sets: list[str],
+    dry_run: bool,
+) -> None:
+    """Check the spec for the plan's ranks, then ``dstack apply`` (or show it with ``dry_run``)."""
     with cli_errors():
         from hlrp_lab.lib.hub import hub_target
 
-        if mode not in REMOTE_MODES:
-            raise SpecError(f"mode {mode!r}: run-remote takes one of {', '.join(REMOTE_MODES)}")
         relative = project_path(spec_file)
-        config = dstack_config(gpu, mode)
         run_name = name or default_run_name(spec_name)
         if not RUN_NAME.fullmatch(run_name):
             raise SpecError(
                 f"-n {run_name!r}: dstack run names are 2-41 of a-z, 0-9 and -, starting with a letter"
             )
+        ranks = plan.ranks if plan.multinode else None
         if dry_run:
-            check_spec_locally(relative, spec_name, mode, sets)
-            show_launch(apply_args(config, run_name), launch_env(relative, spec_name, mode, sets), sets)
+            check_spec_locally(relative, spec_name, mode, sets, ranks)
+            show_launch(apply_args(plan.config, run_name), launch_env(relative, spec_name, mode, sets), sets)
+            if plan.multinode:
+                typer.echo(f"config: a copy of {plan.config} with {multinode_changes(plan)}")
             return
         target = hub_target()
         dstack = shutil.which("dstack")
@@ -73,16 +261,99 @@ def run_remote(
             raise SpecError(
                 "dstack is not installed; install it with `uv tool install dstack` and run `dstack init`"
             )
-        check_spec_locally(relative, spec_name, mode, sets)  # last: the slowest check
-    command = [dstack, *apply_args(config, run_name)]
+        check_spec_locally(relative, spec_name, mode, sets, ranks)  # last: the slowest check
     env = {**launch_env(relative, spec_name, mode, sets), "HF_TOKEN": target.token, "HF_REPO": target.repo}
-    typer.echo(f"launching {run_name}: {shlex.join(command)}")
-    completed = subprocess.run(command, env={**os.environ, **env}, check=False)
+    with tempfile.TemporaryDirectory(prefix="hlrp-dstack-") as folder:
+        config = write_multinode_config(plan, Path(folder)) if plan.multinode else plan.config
+        command = [dstack, *apply_args(config, run_name)]
+        typer.echo(f"launching {run_name}: {shlex.join(command)}")
+        completed = subprocess.run(command, env={**os.environ, **env}, check=False)
     if completed.returncode != 0:
         typer.echo(f"error: dstack apply exited with code {completed.returncode}", err=True)
         raise typer.Exit(completed.returncode)
     typer.echo(
         f"follow it with `dstack logs {run_name}`; results go to {target.repo}: `hlrp-lab pull {spec_name}`"
+    )
+
+
+def config_gpus(config: Path) -> int:
+    """The GPUs per node of the multi-node config (``resources.gpu.count``)."""
+    import yaml
+
+    count = pydash.get(yaml.safe_load(config.read_text()), "resources.gpu.count")
+    if not isinstance(count, int) or count < 1:
+        raise SpecError(f"{config}: resources.gpu.count must be a number of GPUs per node; restore the file")
+    return count
+
+
+def multinode_changes(plan: DstackPlan) -> str:
+    """What ``write_multinode_config`` changes, for --dry-run."""
+    files = f"{Path.cwd().resolve()}:/workflow"
+    return f"nodes: {plan.nodes}, resources.gpu.count: {plan.gpus_per_node}, files: {files}"
+
+
+def write_multinode_config(plan: DstackPlan, folder: Path) -> Path:
+    """A copy of the multi-node config in ``folder`` with the plan's nodes and GPUs per node, uploading this
+    checkout by its absolute path (a relative one is relative to the config's folder)."""
+    import yaml
+
+    config = yaml.safe_load(plan.config.read_text())
+    config["nodes"] = plan.nodes
+    config["resources"]["gpu"]["count"] = plan.gpus_per_node
+    config["files"] = [f"{Path.cwd().resolve()}:/workflow"]
+    path = folder / plan.config.name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def slurm_spec_path(spec_file: Path) -> str:
+    """``spec_file`` as the job names it: relative to this checkout (where the job runs), else absolute (a
+    shared filesystem)."""
+    if not spec_file.is_file():
+        raise SpecError(f"spec file not found: {spec_file}")
+    try:
+        return spec_file.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(spec_file.resolve())
+
+
+def submit_slurm(job: SlurmJob, dry_run: bool) -> None:
+    """Check the spec for the job's ranks, then write the job folder and ``sbatch`` it (``dry_run``: print the
+    script and the command, write nothing)."""
+    from hlrp_lab.cli.slurm import parse_job_id, sbatch_command, sbatch_script, write_job
+
+    with cli_errors():
+        sbatch = shutil.which("sbatch")
+        if sbatch is None and not dry_run:
+            raise SpecError(
+                "sbatch not found: --slurm submits from a machine with Slurm's commands (a login node); "
+                "see the script with --dry-run"
+            )
+        if job.upload_hf and not dry_run:
+            from hlrp_lab.lib.hub import hub_target
+
+            hub_target()  # HF_REPO and HF_TOKEN reach the job through sbatch's environment
+        check_spec_locally(
+            Path(job.spec_file), job.spec_name, job.mode, list(job.sets), job.ranks, references=False
+        )
+        if dry_run:
+            shown = replace(job, sets=tuple(masked_sets(list(job.sets))[1::2]))  # secrets masked
+            typer.echo(sbatch_script(shown), nl=False)
+            typer.echo(f"# would run: {shlex.join(sbatch_command(job))}")
+            return
+        write_job(job)
+    completed = subprocess.run(sbatch_command(job, sbatch), capture_output=True, text=True, check=False)
+    job_id = parse_job_id(completed.stdout)
+    if completed.returncode != 0 or not job_id.isdigit():
+        shutil.rmtree(job.job_dir)  # nothing was submitted: the name is free again
+        detail = (completed.stderr.strip().splitlines() or ["no job id printed"])[-1]
+        typer.echo(f"error: sbatch exited with code {completed.returncode}: {detail}", err=True)
+        raise typer.Exit(completed.returncode or 1)
+    folder = job.job_dir.relative_to(job.checkout)
+    typer.echo(f"submitted job {job_id}: {folder / job.script_path.name}")
+    typer.echo(
+        f"follow it with `squeue -j {job_id}` and `tail -f {job.output(job_id).relative_to(job.checkout)}`; "
+        f"the run directory will be named in {job.run_dir_file.relative_to(job.checkout)}"
     )
 
 
@@ -158,14 +429,25 @@ def check_run_references(spec: dict) -> None:
         )
 
 
-def check_spec_locally(spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> None:
-    """The checks of ``run`` before launch that need no torch: every key, component and search entry."""
+def check_spec_locally(
+    spec_file: Path,
+    spec_name: str,
+    mode: str,
+    sets: list[str],
+    ranks: int | None = None,
+    references: bool = True,
+) -> None:
+    """The checks of ``run`` before launch that need no torch: every key, component and search entry, and on
+    ``ranks`` the mode and the batch split; ``references``: refuse runs under this machine's data/."""
     from hlrp_lab.spec.check import check_spec
     from hlrp_lab.spec.search_space import check_search_mode
-    from hlrp_lab.spec.spec_util import parse_sets, resolve_spec
+    from hlrp_lab.spec.spec_util import check_launch, parse_sets, resolve_spec
 
-    spec = check_spec(resolve_spec(spec_file, spec_name, parse_sets(sets)))
-    check_run_references(spec)
+    if ranks is not None:
+        check_launch(mode, ranks)
+    spec = check_spec(resolve_spec(spec_file, spec_name, parse_sets(sets)), ranks=ranks)
+    if references:
+        check_run_references(spec)
     check_search_mode(spec, spec_name, mode)
 
 

@@ -93,6 +93,7 @@ class Loop:
         self.train_row()  # raises if a step since the last row had a non-finite loss: no checkpoint of that
         if self.saved_step != self.step:
             self.save_last()
+        barrier()  # no rank exits (and makes torchrun stop the others) while rank 0 still writes `last`
         raise Interrupted(
             f"{self.checkpoints.prefix} at step {self.step} of {self.train['max_step']} on "
             f"{stop.STOP_SIGNAL.name}, its `last` checkpoint written; resume with "

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from hlrp_lab.lib.names import check_name
+
 INFO, MODEL, GRAPH, LOG, RAY = "info", "model", "graph", "log", "ray"
 SPEC, TRIAL_METRICS, SESSION_METRICS = "_spec.json", "_trial_metrics", "_session_metrics"
 WEIGHTS = ".safetensors"
@@ -41,6 +43,11 @@ def checkpoint_name(stem: str, tag: str) -> str:
     return f"{stem}_{tag}{WEIGHTS}"
 
 
+def merged_weights_name(weights_name: str) -> str:
+    """The plain weights ``hlrp-lab merge-lora`` writes beside a LoRA checkpoint's ``weights_name``."""
+    return weights_name.removesuffix(WEIGHTS) + f"_merged{WEIGHTS}"
+
+
 def checkpoint_state_name(stem: str, tag: str) -> str:
     """The state file (optimizer, scheduler, step, history, RNG) beside ``checkpoint_name(stem, tag)``."""
     return f"{stem}_{tag}_state.pt"
@@ -51,6 +58,12 @@ def checkpoint_shards_name(stem: str, tag: str, step: int | str) -> str:
     (``"*"``: a glob of every step); its state file (``checkpoint_state_name``) names the folder that is
     whole."""
     return f"{stem}_{tag}_step{step}.dcp"
+
+
+def slurm_job_dir(root: Path, name: str) -> Path:
+    """``{root}/slurm/{name}``: the folder of a Slurm job (``run-remote --slurm -n NAME``): its sbatch script,
+    Slurm's output and the file naming the lab's run directory. ``name`` must be a safe path component."""
+    return root / "slurm" / check_name(name, "-n")
 
 
 def spec_and_trial_of(name: str) -> tuple[str, int] | None:
