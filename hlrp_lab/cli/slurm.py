@@ -25,7 +25,8 @@ JOB_SCRIPT, RUN_DIR, STOPPED = "job.sbatch", "run_dir", "stopped"
 OUTPUT = "slurm-%j.out"  # Slurm replaces %j with the job id
 DEFAULT_LAUNCHER = "uv run --frozen hlrp-lab"
 DEFAULT_SIGNAL_LEAD_S = 120
-PORT_BASE, PORT_SPAN = 20000, 20000  # the rendezvous port: PORT_BASE + job id % PORT_SPAN
+PORT_BASE, PORT_SPAN = 20000, 12000  # the rendezvous port: PORT_BASE + job id % PORT_SPAN, below Linux's
+# ephemeral ports (32768-60999), which another process may hold
 # What an #SBATCH line holds unquoted: partitions (a comma list) and accounts; paths (no %: Slurm's patterns).
 PLAIN = re.compile(r"[A-Za-z0-9_.,+:@=-]+")
 PLAIN_PATH = re.compile(r"[A-Za-z0-9_./+:@=-]+")
@@ -171,7 +172,8 @@ def directives(job: SlurmJob) -> list[str]:
     options += [f"--partition={job.partition}"] * (job.partition is not None)
     options += [f"--account={job.account}"] * (job.account is not None)
     options += [f"--output={job.output()}", "--open-mode=append"]  # a requeued job appends to the same file
-    options += [f"--signal=USR1@{job.signal_lead_s}"]  # no B: every process of the job step gets it
+    if job.mode != "search":  # a search does not resume: it runs to the limit
+        options += [f"--signal=USR1@{job.signal_lead_s}"]  # no B: every process of the job step gets it
     options += ["--requeue" if job.requeue else "--no-requeue", *job.sbatch_args]
     return [f"#SBATCH {option}" for option in options]
 
@@ -216,7 +218,7 @@ if [ "$RESUMABLE" = 1 ] && [ -s "${RUN_DIR_FILE}" ]; then
   MODE="train@$(cat "${RUN_DIR_FILE}")"  # requeued, preempted or resubmitted: resume from last
   SETS=()
 fi
-HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')
 PORT=$(({PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN}))
 echo "hlrp-lab: job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}): $SPEC_NAME $MODE on $SLURM_JOB_NUM_NODES node(s) x $NPROC_PER_NODE rank(s), rendezvous $HEAD:$PORT"
 rc=0
@@ -263,6 +265,7 @@ def write_job(job: SlurmJob) -> None:
         )
     job.job_dir.mkdir(parents=True)
     job.script_path.write_text(sbatch_script(job))
+    job.script_path.chmod(0o600)  # its -s values may hold a secret; only the owner submits and runs it
 
 
 def parse_job_id(stdout: str) -> str:

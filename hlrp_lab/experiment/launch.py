@@ -17,7 +17,7 @@ from hlrp_lab.lib import stop
 from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.errors import REQUEUE_EXIT_CODE, Interrupted, RunError, SpecError
 from hlrp_lab.lib.layout import RunLayout
-from hlrp_lab.lib.runs import FAILED, RUN_DIR_FILE, RUNNING, read_status, write_status
+from hlrp_lab.lib.runs import FAILED, INTERRUPTED, RUN_DIR_FILE, RUNNING, read_status, write_status
 
 DEFAULT_PORT = 29500
 
@@ -88,10 +88,7 @@ def launch(plan: Launch, spec_name: str, lab_args: list[str]) -> None:
             run(parse_args([*plan.torchrun_args(), "-m", "hlrp_lab", *lab_args]))
         except ChildFailedError as err:
             if err.get_first_failure()[1].exitcode == REQUEUE_EXIT_CODE:
-                run_dir = run_dir_file.read_text() if run_dir_file.is_file() else "RUN_DIR"
-                raise Interrupted(
-                    f"the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir}"
-                ) from None
+                raise stopped(run_dir_file, spec_name) from None
             line = failure_line(err, plan)
             if run_dir_file.is_file():
                 record_failure(RunLayout(Path(run_dir_file.read_text()), spec_name), err, line)
@@ -99,6 +96,19 @@ def launch(plan: Launch, spec_name: str, lab_args: list[str]) -> None:
         finally:
             if given is None:
                 del os.environ[RUN_DIR_FILE]
+
+
+def stopped(run_dir_file: Path, spec_name: str) -> Interrupted:
+    """The ranks stopped on a stop request; the run is marked interrupted, unless rank 0 did that already
+    (torchrun may have stopped it before it could)."""
+    if not run_dir_file.is_file():
+        return Interrupted("the ranks wrote `last` and stopped on a stop request; resume with train@RUN_DIR")
+    run_dir = run_dir_file.read_text()
+    error = Interrupted(f"the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir}")
+    layout = RunLayout(Path(run_dir), spec_name)
+    if (read_status(layout) or {}).get("status") == RUNNING:
+        write_status(layout, INTERRUPTED, str(error))
+    return error
 
 
 def record_failure(layout: RunLayout, err: ChildFailedError, line: str) -> None:

@@ -45,7 +45,7 @@ class Loop:
         self.runner = Runner(stage, spec, self.world)
         self.omitted = reloadable_weights(stage.model)  # a LoRA model's base: checkpoints leave it out
         self.base = base_of(stage.model)
-        shards_omit = reloadable_weights(self.runner.module)  # the same, named from the runner's root
+        shards_omit = {f"model.{name}" for name in self.omitted}  # as get_state_dict names them (StageSteps)
         self.sharded_last = ShardedLast(checkpoints, shards_omit) if stage.Config.shardable else None
         self.params = self.runner.parameters()
         self.optimizer = build_optimizer(self.params, spec["optim"])

@@ -14,13 +14,14 @@ HELPERS = re.compile(r"multiprocessing\.(resource_tracker|forkserver)")
 _requested = threading.Event()
 
 
-def listen(forward: bool = False) -> None:
-    """From now on, record a stop request in this process (and pass it on to its child processes with
-    ``forward``: the ranks of a launcher). Only the main thread can set signal handlers; elsewhere this does
-    nothing."""
+def listen(forward: bool = False, fresh: bool = False) -> None:
+    """Record a stop request in this process (and pass it on to its child processes with ``forward``: the
+    ranks of a launcher); ``fresh`` forgets an earlier one (a new run in this process). Only the main thread
+    can set signal handlers; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return
-    _requested.clear()
+    if fresh:
+        _requested.clear()
     signal.signal(STOP_SIGNAL, _forwarding if forward else _record)
 
 

@@ -161,7 +161,7 @@ def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
     monkeypatch.chdir(tmp_path)
     tiny_spec["train"].update(max_step=100_000, eval_frequency=5, log_frequency=5)
     spec_file = write_spec_file(tmp_path, tiny_spec)
-    stop.listen()
+    stop.listen(fresh=True)
 
     def signal_after_first_checkpoint() -> None:
         while not list(Path("data").glob("tiny_*/model/tiny_t0_s0_last_state.pt")):
@@ -178,7 +178,7 @@ def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
     state = torch.load(run_dir / "model" / "tiny_t0_s0_last_state.pt", weights_only=True)
     assert state["step"] == step > 5  # this step's, not the last evaluation's
 
-    stop.listen()  # a new run listens afresh
+    stop.listen(fresh=True)  # a new run listens afresh
     run_lab(spec_file, "tiny", Mode("train", run_dir), {"train.max_step": step + 5})
     assert trial_metrics(run_dir)["mean"]["step"] == step + 5
     assert json.loads((run_dir / "info" / "status.json").read_text())["status"] == "completed"

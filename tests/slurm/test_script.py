@@ -209,7 +209,7 @@ def test_each_node_runs_the_lab_launcher_with_the_values_intact(job, stubs):
         "--master-addr",
         "node-a",
         "--master-port",
-        str(20000 + JOB_ID % 20000),
+        str(20000 + JOB_ID % 12000),
         "--nnodes",
         "2",
         "--node-rank",
@@ -217,7 +217,7 @@ def test_each_node_runs_the_lab_launcher_with_the_values_intact(job, stubs):
     ]
     assert lab["run_dir_file"] == str(job.run_dir_file)
     assert (
-        "hlrp-lab: job 12345 (restart 0): laq_debug dev on 2 node(s) x 4 rank(s), rendezvous node-a:32345"
+        "hlrp-lab: job 12345 (restart 0): laq_debug dev on 2 node(s) x 4 rank(s), rendezvous node-a:20345"
         in (output)
     )
 
@@ -237,8 +237,9 @@ def test_a_job_with_a_run_dir_resumes_it_with_its_saved_spec(job, stubs):
     assert "-s" not in calls[1]["args"]  # a resumed run keeps its saved spec (and refuses plain -s values)
 
 
-def test_a_search_never_resumes(job, stubs):
+def test_a_search_never_resumes_nor_gets_the_stop_signal(job, stubs):
     search = replace(job, mode="search", nodes=1, gpus_per_node=1, sets=())
+    assert not any(line.startswith("#SBATCH --signal") for line in sbatch_script(search).splitlines())
     search.job_dir.mkdir(parents=True)
     search.run_dir_file.write_text("data/laq_search_2026_11_30_101010")
     code, calls, output = run_script(search, stubs)

@@ -12,9 +12,11 @@ from typing import Any, ClassVar
 
 import pydash
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from torch.nn import functional as F
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import CONFIG_NAME
 
 from hlrp_lab.components.vla.config import VLAConfig
 from hlrp_lab.components.vla.lora import add_lora
@@ -75,7 +77,7 @@ class VLABackbone(nn.Module, ABC):
         self.reloadable = config.pretrained is not None and config.lora is not None
         self.base = {
             "base_model": config.pretrained or "",
-            "base_revision": getattr(self.model.config, "_commit_hash", None) or config.revision or "",
+            "base_revision": resolved_revision(config.pretrained, config.revision),
         }
         self.prompts: dict[tuple[str, str], list[int]] = {}
 
@@ -176,6 +178,15 @@ def load_pretrained(
             f"model.vla.pretrained: cannot load {name!r} ({str(err).splitlines()[0]}); give a hub id this "
             "machine can download, or a local save_pretrained directory"
         ) from None
+
+
+def resolved_revision(name: str | None, revision: str | None) -> str:
+    """The commit a hub id's weights came from (its snapshot in the Hub cache, which loading filled), so that
+    adapters are never applied to a base that moved on; "" for a local directory or no ``pretrained``."""
+    if name is None or Path(name).expanduser().is_dir():
+        return ""
+    cached = try_to_load_from_cache(name, CONFIG_NAME, revision=revision)
+    return Path(cached).parent.name if isinstance(cached, str) else revision or ""
 
 
 def small_config(
