@@ -23,7 +23,9 @@ from hlrp_lab.lib.runs import DATA_ROOT, RUN_DIR_FILE
 
 JOB_SCRIPT, RUN_DIR, STOPPED = "job.sbatch", "run_dir", "stopped"
 OUTPUT = "slurm-%j.out"  # Slurm replaces %j with the job id
-DEFAULT_LAUNCHER = "uv run --frozen hlrp-lab"
+# The checkout's environment (`uv sync` there), run directly: no `uv run` in between, which older uv versions
+# do not pass SIGUSR1 through.
+DEFAULT_LAUNCHER = ".venv/bin/hlrp-lab"
 DEFAULT_SIGNAL_LEAD_S = 120
 PORT_BASE, PORT_SPAN = 20000, 12000  # the rendezvous port: PORT_BASE + job id % PORT_SPAN, below Linux's
 # ephemeral ports (32768-60999), which another process may hold
@@ -126,14 +128,14 @@ class SlurmJob:
 
 
 def launcher_words(launcher: str) -> list[str]:
-    """The ``--launcher`` command as words (``uv run --frozen hlrp-lab``)."""
+    """The ``--launcher`` command as words (``.venv/bin/hlrp-lab``, ``uv run --frozen hlrp-lab``)."""
     try:
         words = shlex.split(launcher)
     except ValueError as err:
         raise SpecError(f"--launcher {launcher!r}: {err}; quote it as a shell would") from None
     if not words:
         raise SpecError(
-            "--launcher: empty; give the command that runs hlrp-lab, e.g. 'uv run --frozen hlrp-lab'"
+            "--launcher: empty; give the command that runs hlrp-lab, e.g. .venv/bin/hlrp-lab"
         )
     return words
 
