@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.lora import merge_lora
-from hlrp_lab.components.vla.tokenizer import local_tokenizer, with_tokens
+from hlrp_lab.components.vla.tokenizer import load_tokenizer, local_tokenizer, with_tokens
 from hlrp_lab.experiment.build import dry_build
 from hlrp_lab.lib.errors import CheckpointError, SpecError
 from hlrp_lab.lib.weights import base_of, file_metadata, kept_weights, load_weights, reloadable_weights
@@ -175,34 +175,6 @@ def test_activation_checkpointing_of_a_lora_model_gives_the_same_adapter_gradien
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-HUB_REVISION_CHECK = """
-import sys
-from hlrp_lab.components.vla import VLAS
-from hlrp_lab.components.vla.tokenizer import load_tokenizer
-from hlrp_lab.lib.errors import CheckpointError
-from hlrp_lab.lib.weights import base_of, kept_weights, load_weights
-from safetensors.torch import save_file
-
-def build(revision=None):
-    block = {"name": "SmolVLM", "pretrained": "lab/tiny-vlm", "revision": revision, "lora": {"r": 4}}
-    tok = load_tokenizer(sys.argv[1])
-    return VLAS.build(block, "model.vla", tokenizer=tok, query_tokens=["<latent_0>", "<latent_1>"])
-
-adapters, pin = sys.argv[2], sys.argv[3:]
-if not pin:
-    model = build()
-    print("revision", model.base["base_revision"])
-    save_file(kept_weights(model), adapters, metadata={"step": "1", **base_of(model)})
-else:  # the hub's main moved on since: refused, until the revision is pinned
-    try:
-        load_weights(build(), adapters, "cpu")
-    except CheckpointError as err:
-        print("refused", err)
-    load_weights(build(revision=pin[0]), adapters, "cpu")
-    print("pinned ok")
-"""
-
-
 def hub_snapshot(cache, commit: str, seed: int) -> None:
     """A hub download of `lab/tiny-vlm` at ``commit`` as huggingface_hub lays it out in its cache."""
     repo = cache / "models--lab--tiny-vlm"
@@ -213,28 +185,28 @@ def hub_snapshot(cache, commit: str, seed: int) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-def test_adapters_record_the_hub_commit_of_their_base_and_refuse_a_moved_branch(tmp_path):
+def test_adapters_record_the_hub_commit_of_their_base_and_refuse_a_moved_branch(tmp_path, monkeypatch):
     """`pretrained` as a hub id, offline from a real Hub cache: the checkpoint names the snapshot's commit, and
     once `main` points at another commit the adapters are refused until -s model.vla.revision pins theirs."""
-    import os
-    import subprocess
-    import sys
+    import huggingface_hub.constants
 
     cache, first, second = tmp_path / "hub", "a" * 40, "b" * 40
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     hub_snapshot(cache, first, seed=0)
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    script = tmp_path / "check.py"
-    script.write_text(HUB_REVISION_CHECK)
-    tokenizer = cache / "models--lab--tiny-vlm" / "snapshots" / first
+    tokenizer = load_tokenizer(cache / "models--lab--tiny-vlm" / "snapshots" / first)
+
+    def on_hub(revision: str | None = None):
+        block = {"name": "SmolVLM", "pretrained": "lab/tiny-vlm", "revision": revision, "lora": LORA}
+        return VLAS.build(block, "model.vla", tokenizer=tokenizer, query_tokens=QUERIES)
+
+    model = on_hub()
+    assert model.base == {"base_model": "lab/tiny-vlm", "base_revision": first}
     adapters = tmp_path / "adapters.safetensors"
-    run = [sys.executable, str(script), str(tokenizer), str(adapters)]
-    out = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"revision {first}" in out.stdout
-    assert file_metadata(adapters)["base_revision"] == first
+    save_file(kept_weights(model), str(adapters), metadata={"step": "1", **base_of(model)})
 
     hub_snapshot(cache, second, seed=1)  # main moves on
-    out = subprocess.run([*run, first], env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"at revision {first}, this base is at {second}; pass -s model.vla.revision={first}" in out.stdout
-    assert "pinned ok" in out.stdout
+    moved = f"at revision {first}, this base is at {second}; pass -s model.vla.revision={first}"
+    with pytest.raises(CheckpointError, match=moved):
+        load_weights(on_hub(), adapters, "cpu")
+    load_weights(on_hub(revision=first), adapters, "cpu")
