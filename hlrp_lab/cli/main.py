@@ -82,10 +82,13 @@ def run(
     master_port: MasterPort = None,
 ) -> None:
     """Run a spec: writes everything under data/{spec_name}_{timestamp}/."""
+    from hlrp_lab.lib import stop
     from hlrp_lab.spec.spec_util import parse_mode, parse_sets
 
     with cli_errors():
         lab_mode, values = parse_mode(mode), parse_sets(sets or [])
+        if lab_mode.name != "search":  # SIGUSR1 (Slurm's warning before a time limit): write `last`, exit 75
+            stop.listen(forward=True, fresh=True)
         if upload_hf:
             from hlrp_lab.lib.hub import hub_target
 
@@ -204,6 +207,45 @@ def spec_check(
         raise typer.Exit(2)
 
 
+@spec_app.command("plan")
+def spec_plan(
+    spec_file: Annotated[Path, typer.Argument(help="JSON spec file")],
+    spec_name: Annotated[str, typer.Argument(help="Spec name in that file")],
+    sets: SetOption = None,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs per node (ranks per node).")] = 1,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes: ranks = nodes x gpus.")] = 1,
+    gpu_memory: Annotated[float, typer.Option(min=0.1, help="Memory of each GPU in GB (2^30 bytes).")] = 80.0,
+    instruction_tokens: Annotated[
+        int, typer.Option(min=0, help="Tokens of an instruction in the language model's prompt.")
+    ] = 32,
+    attention: Annotated[
+        str, typer.Option(help="sdpa (flash/memory-efficient: no attention scores kept) or eager.")
+    ] = "sdpa",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Will it fit? Parameters, trainable share and GPU memory per rank (weights, gradients, optimizer
+    states, activations) under the spec's strategy, precision, LoRA and activation checkpointing on
+    nodes x gpus GPUs, from a meta-device build (no memory allocated, offline); docs/PLANNING.md."""
+    from hlrp_lab.spec.spec_util import parse_sets
+
+    with cli_errors():
+        if attention not in ("sdpa", "eager"):
+            raise SpecError(f"--attention: {attention!r} is not sdpa or eager")
+        from hlrp_lab.experiment.plan import format_plan, plan_json, plan_spec
+
+        plan = plan_spec(
+            spec_file,
+            spec_name,
+            parse_sets(sets or []),
+            gpus=gpus,
+            nodes=nodes,
+            gpu_memory=gpu_memory,
+            instruction_tokens=instruction_tokens,
+            attention=attention,
+        )
+    typer.echo(json.dumps(plan_json(plan), indent=2) if as_json else format_plan(plan))
+
+
 @spec_app.command("keys")
 def spec_keys(
     update: Annotated[
@@ -226,3 +268,20 @@ app.command("pull")(pull)
 app.command("list")(list_runs)
 app.command("plot")(plot)
 app.command("plot-list")(plot_list)
+
+
+@app.command("merge-lora")
+def merge_lora(
+    run: Annotated[
+        str,
+        typer.Argument(help="A LoRA run: RUN_DIR (its best), a .safetensors file of it, or latest:<spec>"),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="The .safetensors to write (default: beside them).")
+    ] = None,
+) -> None:
+    """Fold a LoRA run's adapters into its base: plain weights the spec without model.vla.lora loads."""
+    with cli_errors():
+        from hlrp_lab.experiment.merge import merge_run_weights
+
+        typer.echo(f"merged weights: {merge_run_weights(run, output)}")
