@@ -38,6 +38,7 @@ class VLABackbone(nn.Module, ABC):
 
     Config = VLAConfig
     model_class: ClassVar[type[PreTrainedModel]]
+    small_defaults: ClassVar[dict[str, Any]]  # the small config built without `pretrained` or `config_file`
     image_mean: ClassVar[tuple[float, float, float]]
     image_std: ClassVar[tuple[float, float, float]]
 
@@ -73,7 +74,7 @@ class VLABackbone(nn.Module, ABC):
             token_ids = tokenizer.convert_tokens_to_ids(query_tokens or [])
             add_lora(self.model, config.lora, token_ids, vision if config.freeze_vision else None)
         # With LoRA on a pretrained base, the frozen weights are the base's: checkpoints leave them out and
-        # record the base instead (experiment.checkpoint.reloadable_weights).
+        # record the base instead (lib.weights.reloadable_weights).
         self.reloadable = config.pretrained is not None and config.lora is not None
         self.base = {
             "base_model": config.pretrained or "",
@@ -85,9 +86,19 @@ class VLABackbone(nn.Module, ABC):
     def hidden_size(self) -> int:
         return self.model.config.text_config.hidden_size
 
-    @abstractmethod
     def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-        """The family's small config with ``overrides`` merged in, its token ids from ``tokenizer``."""
+        """The family's ``small_defaults`` with ``overrides`` merged in (nested dicts key by key), the text
+        model's vocabulary and special token ids, and the image token ids, those of ``tokenizer``."""
+        config = pydash.merge({}, self.small_defaults, overrides)
+        ids = {
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        config["text_config"] = {**config["text_config"], **ids}
+        tokens = {key: tokenizer.convert_tokens_to_ids(t) for key, t in self.image_token_names().items()}
+        return self.model_class.config_class(**config, **tokens)
 
     def file_config(self, path: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         """The architecture of a config.json, with the image token ids of ``tokenizer`` where it has them
@@ -187,19 +198,3 @@ def resolved_revision(name: str | None, revision: str | None) -> str:
         return ""
     cached = try_to_load_from_cache(name, CONFIG_NAME, revision=revision)
     return Path(cached).parent.name if isinstance(cached, str) else revision or ""
-
-
-def small_config(
-    defaults: dict[str, Any], overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase
-) -> dict[str, Any]:
-    """A family's ``defaults`` with ``overrides`` merged in (nested dicts key by key), the text model's
-    vocabulary and special token ids those of ``tokenizer``."""
-    config = pydash.merge({}, defaults, overrides)
-    ids = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    config["text_config"] = {**config["text_config"], **ids}
-    return config

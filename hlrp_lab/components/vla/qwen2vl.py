@@ -6,18 +6,15 @@ repeated over the temporal patch). Real weights: ``Qwen/Qwen2-VL-2B-Instruct`` (
 ``image_size`` to a multiple of 28, e.g. 224).
 """
 
-from typing import Any
-
 import torch
 from transformers import (
-    PretrainedConfig,
     PreTrainedTokenizerBase,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
 )
 
 from hlrp_lab.components.vla import VLAS
-from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone, small_config
+from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone
 
 SMALL_CONFIG = {
     "vision_config": {
@@ -53,11 +50,6 @@ class Qwen2VL(VLABackbone):
         if config.image_size is None:  # the vision config has no image size: Qwen2-VL takes any
             config = config.model_copy(update={"image_size": SMALL_IMAGE_SIZE})
         super().__init__(config, tokenizer=tokenizer, query_tokens=query_tokens)
-
-    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-        config = small_config(self.small_defaults, overrides, tokenizer)
-        tokens = {key: tokenizer.convert_tokens_to_ids(t) for key, t in self.image_token_names().items()}
-        return self.model_class.config_class(**config, **tokens)
 
     def image_token_names(self) -> dict[str, str]:
         return {

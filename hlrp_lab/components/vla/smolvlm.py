@@ -4,13 +4,11 @@ One frame is one global image tile (no image splitting): (image_size / patch_siz
 tokens. Real weights: ``HuggingFaceTB/SmolVLM-256M-Instruct`` (512 px tiles, 64 image tokens).
 """
 
-from typing import Any
-
 import torch
-from transformers import PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
+from transformers import SmolVLMForConditionalGeneration
 
 from hlrp_lab.components.vla import VLAS
-from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone, small_config
+from hlrp_lab.components.vla.base import SMALL_TEXT_MODEL, VLABackbone
 
 SMALL_CONFIG = {
     "vision_config": {
@@ -32,12 +30,9 @@ class SmolVLM(VLABackbone):
     """SmolVLM / Idefics3 from transformers; small default: 64 px frames, 16 image tokens, 2+2 layers."""
 
     model_class = SmolVLMForConditionalGeneration
+    small_defaults = SMALL_CONFIG
     image_mean = (0.5, 0.5, 0.5)
     image_std = (0.5, 0.5, 0.5)
-
-    def small_config(self, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> SmolVLMConfig:
-        config = small_config(SMALL_CONFIG, overrides, tokenizer)
-        return SmolVLMConfig(**config, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
 
     def image_token_names(self) -> dict[str, str]:
         return {"image_token_id": "<image>"}
