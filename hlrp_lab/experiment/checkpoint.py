@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed.checkpoint as dcp
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file, save_model
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException
@@ -28,7 +28,7 @@ from hlrp_lab.lib.errors import CheckpointError, RunError
 from hlrp_lab.lib.layout import checkpoint_name, checkpoint_shards_name, checkpoint_state_name
 from hlrp_lab.lib.scrub import error_line
 from hlrp_lab.lib.util import temp_path, write_temp
-from hlrp_lab.lib.weights import load_weights
+from hlrp_lab.lib.weights import file_metadata, load_weights
 from hlrp_lab.lib.world import World
 
 Weights = nn.Module | dict[str, torch.Tensor]  # a model, or its full state dict
@@ -177,8 +177,7 @@ def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def weights_step(path: Path) -> int:
     """The step in the metadata of a weights file (reading its header checks that the file is whole)."""
-    with safe_open(str(path), framework="pt") as f:
-        return int((f.metadata() or {})["step"])
+    return int(file_metadata(path)["step"])
 
 
 def read_state(path: Path) -> dict[str, Any]:

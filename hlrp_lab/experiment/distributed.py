@@ -148,7 +148,8 @@ def full_weights(root: nn.Module, model: nn.Module, skip: set[str] | None = None
         if name in skip or name in aliases:
             continue
         if isinstance(tensor, DTensor) and tensor.device.type != tensor.device_mesh.device_type:
-            tensor = tensor.to(tensor.device_mesh.device_type)  # offloaded to the CPU: gather on the mesh's device
+            # offloaded to the CPU: gather on the mesh's device
+            tensor = tensor.to(tensor.device_mesh.device_type)
         full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
         if main:
             gathered[name] = full.detach().cpu()

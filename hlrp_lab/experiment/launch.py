@@ -101,13 +101,14 @@ def launch(plan: Launch, spec_name: str, lab_args: list[str]) -> None:
 def stopped(run_dir_file: Path, spec_name: str) -> Interrupted:
     """The ranks stopped on a stop request; the run is marked interrupted, unless rank 0 did that already
     (torchrun may have stopped it before it could)."""
-    if not run_dir_file.is_file():
-        return Interrupted("the ranks wrote `last` and stopped on a stop request; resume with train@RUN_DIR")
-    run_dir = run_dir_file.read_text()
-    error = Interrupted(f"the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir}")
-    layout = RunLayout(Path(run_dir), spec_name)
-    if (read_status(layout) or {}).get("status") == RUNNING:
-        write_status(layout, INTERRUPTED, str(error))
+    run_dir = run_dir_file.read_text() if run_dir_file.is_file() else None
+    error = Interrupted(
+        f"the ranks wrote `last` and stopped on a stop request; resume with train@{run_dir or 'RUN_DIR'}"
+    )
+    if run_dir is not None:
+        layout = RunLayout(Path(run_dir), spec_name)
+        if (read_status(layout) or {}).get("status") == RUNNING:
+            write_status(layout, INTERRUPTED, str(error))
     return error
 
 

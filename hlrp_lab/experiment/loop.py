@@ -187,7 +187,7 @@ class Loop:
             self.sharded_last.save(self.runner.module, self.optimizer, self.training_state())
         elif self.world.main:  # DDP replicas hold the same weights and optimizer state
             state = {**self.training_state(), "optimizer": self.optimizer.state_dict()}
-            self.checkpoints.save("last", kept_weights(self.stage.model), state)
+            self.checkpoints.save("last", kept_weights(self.stage.model, self.omitted), state)
         self.saved_step = self.step
 
     def save_best(self, state: dict[str, Any]) -> None:
@@ -195,7 +195,7 @@ class Loop:
         state = {**state, "base": self.base}
         if not self.runner.sharded:
             if self.world.main:
-                self.checkpoints.save("best", kept_weights(self.stage.model), state)
+                self.checkpoints.save("best", kept_weights(self.stage.model, self.omitted), state)
             return
         weights = full_weights(self.runner.module, self.stage.model, self.omitted)  # a collective
         if self.world.main:
@@ -230,9 +230,8 @@ class Loop:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] is not None and len(state["rng_cuda"]) and self.device.type == "cuda":
-            cuda = state[
-                "rng_cuda"
-            ]  # this device's (every rank's is rank 0's); a list: an older run, per device
+            # this device's (every rank's is rank 0's); a list: an older run, per device
+            cuda = state["rng_cuda"]
             torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda, self.device)
         self.step, self.best = state["step"], state["best"]
         self.saved_step = self.step

@@ -50,9 +50,8 @@ def child_pids(parent: int | None = None) -> list[int]:
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = (
-                stat.read_text().rpartition(")")[2].split()
-            )  # after the command name, which may hold spaces
+            # the fields after the command name, which may hold spaces
+            fields = stat.read_text().rpartition(")")[2].split()
         except OSError:
             continue  # the process has ended
         if int(fields[1]) == parent:

@@ -34,16 +34,16 @@ def base_of(model: nn.Module) -> dict[str, str]:
     return {}
 
 
-def kept_weights(model: nn.Module) -> nn.Module | dict[str, torch.Tensor]:
-    """What a checkpoint of ``model`` holds: the model itself, or its state dict without the reloadable
-    weights."""
-    omitted = reloadable_weights(model)
+def kept_weights(model: nn.Module, omitted: set[str]) -> nn.Module | dict[str, torch.Tensor]:
+    """What a checkpoint of ``model`` holds: the model itself, or its state dict without the ``omitted``
+    (``reloadable_weights``) ones."""
     if not omitted:
         return model
     return {name: tensor for name, tensor in model.state_dict().items() if name not in omitted}
 
 
 def file_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (reading its header checks that the file is whole)."""
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
 

@@ -105,7 +105,7 @@ def test_checkpoints_of_a_lora_model_on_a_pretrained_base_keep_only_what_trains(
     train_adapters(model)
     omitted = reloadable_weights(model)
     assert omitted and not any("lora_" in n or "delta" in n for n in omitted)
-    kept = kept_weights(model)
+    kept = kept_weights(model, omitted)
     assert set(kept) == set(model.state_dict()) - omitted
     path = tmp_path / "adapters.safetensors"
     save_file(kept, str(path), metadata={"step": "1", **base_of(model)})
@@ -121,7 +121,7 @@ def test_adapters_refuse_another_base_and_full_weights_name_the_fix(base_dir, tm
     model = build("SmolVLM", pretrained=base_dir, lora=LORA)
     path = tmp_path / "adapters.safetensors"
     save_file(
-        kept_weights(model),
+        kept_weights(model, reloadable_weights(model)),
         str(path),
         metadata={"step": "1", "base_model": "/elsewhere", "base_revision": ""},
     )
@@ -135,7 +135,7 @@ def test_adapters_refuse_another_base_and_full_weights_name_the_fix(base_dir, tm
 
 def test_lora_without_a_pretrained_base_keeps_every_weight():
     model = build("SmolVLM", lora=LORA)  # a random base has no other home than the checkpoint
-    assert reloadable_weights(model) == set() and kept_weights(model) is model
+    assert reloadable_weights(model) == set() and kept_weights(model, reloadable_weights(model)) is model
 
 
 def test_vla_7b_builds_from_the_repo_config_on_the_meta_device_offline():
@@ -203,7 +203,11 @@ def test_adapters_record_the_hub_commit_of_their_base_and_refuse_a_moved_branch(
     model = on_hub()
     assert model.base == {"base_model": "lab/tiny-vlm", "base_revision": first}
     adapters = tmp_path / "adapters.safetensors"
-    save_file(kept_weights(model), str(adapters), metadata={"step": "1", **base_of(model)})
+    save_file(
+        kept_weights(model, reloadable_weights(model)),
+        str(adapters),
+        metadata={"step": "1", **base_of(model)},
+    )
 
     hub_snapshot(cache, second, seed=1)  # main moves on
     moved = f"at revision {first}, this base is at {second}; pass -s model.vla.revision={first}"
