@@ -1,4 +1,5 @@
-"""``hlrp-lab data``: write WebDataset shards from videos, Meta-World or the procedural scene; inspect them.
+"""``hlrp-lab data``: write WebDataset shards from videos, Meta-World, LeRobot datasets or the procedural
+scene; inspect them.
 
 A source's options come from its config (``config_options``): the same keys, defaults and help as in a spec's
 ``data.source`` block.
@@ -11,7 +12,7 @@ import typer
 
 from hlrp_lab.cli.errors import cli_errors
 from hlrp_lab.cli.options import config_options
-from hlrp_lab.data.sources.config import MetaWorldConfig, ProceduralConfig, VideosConfig
+from hlrp_lab.data.sources.config import LeRobotConfig, MetaWorldConfig, ProceduralConfig, VideosConfig
 from hlrp_lab.stages.config import LabelConfig  # importing hlrp_lab.stages registers the label source
 
 data_app = typer.Typer(help="Write and inspect WebDataset shards.", no_args_is_help=True)
@@ -99,6 +100,28 @@ def metaworld(
 ) -> None:
     """Meta-World expert demonstrations: frames, 4-D actions, proprio states, success, instructions."""
     write({"name": "metaworld", **source_args}, out_dir, size, shard_size, name, overwrite)
+
+
+@data_app.command("lerobot")
+@config_options(LeRobotConfig, skip=("path",))
+def lerobot(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH_OR_REPO_ID",
+            help="A LeRobotDataset folder (holding meta/info.json) or a Hub repo id",
+        ),
+    ],
+    out_dir: OutDir,
+    source_args: dict[str, Any],
+    size: Size = 128,
+    shard_size: ShardSize = 256.0,
+    name: Name = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """LeRobot datasets (format v3.x or v2.x, local or from the Hub): one camera's frames, actions, states and
+    the task as the instruction."""
+    write({"name": "lerobot", "path": dataset, **source_args}, out_dir, size, shard_size, name, overwrite)
 
 
 @data_app.command("label")

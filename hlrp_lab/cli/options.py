@@ -66,6 +66,10 @@ def option(name: str, field: FieldInfo, flag: str) -> inspect.Parameter:
         help_text += f" On the command line, {NONE_INT} means null."
     elif optional_of(field.annotation) is not None and field.default is not None:
         raise TypeError(f"option --{flag}: an optional field with a default needs a way to say null")
+    if get_origin(optional_of(kind) or kind) is list:
+        help_text += (
+            f" Repeat the option for several: --{flag.replace('_', '-')} A --{flag.replace('_', '-')} B."
+        )
     default = inspect.Parameter.empty if field.is_required() else field.default
     typer_option = typer.Option(f"--{flag.replace('_', '-')}", help=help_text, **extra)
     return inspect.Parameter(

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from hlrp_lab.cli.main import app
 from hlrp_lab.data.shards import read_episodes, read_manifest, shard_urls
-from hlrp_lab.data.sources.config import MetaWorldConfig, ProceduralConfig, VideosConfig
+from hlrp_lab.data.sources.config import LeRobotConfig, MetaWorldConfig, ProceduralConfig, VideosConfig
 from hlrp_lab.stages.config import LabelConfig
 
 runner = CliRunner()
@@ -105,6 +105,7 @@ def data_command(name: str):
         ("videos", VideosConfig, ("root",)),
         ("metaworld", MetaWorldConfig, ()),
         ("label", LabelConfig, ("laq", "shards")),
+        ("lerobot", LeRobotConfig, ("path",)),
     ],
 )
 def test_source_options_are_the_config_fields(command, config, filled_by_command):

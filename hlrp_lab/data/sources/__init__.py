@@ -1,4 +1,5 @@
-"""Data sources: each yields Episodes from somewhere (a generator, videos, a simulator) by name."""
+"""Data sources: each yields Episodes from somewhere (a generator, videos, a simulator, a LeRobot dataset) by
+name."""
 
 from hlrp_lab.lib.registry import Registry
 

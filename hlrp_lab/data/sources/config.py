@@ -67,3 +67,33 @@ class MetaWorldConfig(Strict):
     def known_tasks(cls, tasks: str) -> str:
         resolve_tasks(tasks)
         return tasks
+
+
+@DATA_SOURCES.register_config("lerobot")
+class LeRobotConfig(Strict):
+    path: str = Field(
+        description="A LeRobotDataset (v3.x or v2.x): a local folder holding meta/info.json, or a Hub "
+        "dataset repo id owner/name (only the files the chosen episodes and camera need are downloaded)."
+    )
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) of a repo id; null: its default branch."
+    )
+    episodes: list[int] | None = Field(
+        None, min_length=1, description="Episode indices (episode_index) to convert; null: all."
+    )
+    camera: str | None = Field(
+        None,
+        description="The video feature to take frames from (e.g. observation.images.top); null: the first "
+        "video feature of meta/info.json.",
+    )
+
+    @field_validator("episodes")
+    @classmethod
+    def distinct_indices(cls, episodes: list[int] | None) -> list[int] | None:
+        if episodes is None:
+            return None
+        if min(episodes) < 0:
+            raise ValueError("episode indices are 0 or more")
+        if len(set(episodes)) < len(episodes):
+            raise ValueError("an episode is listed twice")
+        return sorted(episodes)
