@@ -8,9 +8,13 @@ data/{spec_name}_{timestamp}/
   model/ {spec}_t{trial}_s{session}_{last,best}.safetensors (+ _state.pt), {spec}_t{trial}_tokenizer/,
          {spec}_t{trial}_s{session}_last_step{step}.dcp/ (a VLA stage's sharded `last`, named by its _state.pt)
   graph/ {spec}_t{trial}_s{session}_session_graph_{metric}, {spec}_t{trial}_trial_graph_{metric},
-         {spec}_experiment_graph_{param}, {spec}_t{trial}_s{session}_rollout_*.mp4
-  log/   {spec}.log, {spec}_t{trial}.log, {spec}_t{trial}_s{session}.log (on several ranks: _rank{r}.log each)
+         {spec}_experiment_graph_{param}, {spec}_t{trial}_s{session}_rollout_*.mp4,
+         {spec}_t{trial}_s{session}_picture_{last,best}_{name}.png (+ _picture_{last,best}.json: their step)
+  log/   {spec}.log, {spec}_t{trial}.log, {spec}_t{trial}_s{session}.log (on several ranks: _rank{r}.log each),
+         tb/{spec}_t{trial}_s{session}/ (TensorBoard), wandb/ (W&B), profile/{spec}_t{trial}_s{session}/
+         (torch.profiler trace) and profile/{spec}_t{trial}_s{session}_profile.csv (--profile)
   ray/   a search's Ray Tune files (trials named {spec}_t{trial})
+  report.html
 ```
 A file of trial ``t`` (and session ``s``) starts with its stem ``{spec}_t{t}`` (``{spec}_t{t}_s{s}``).
 
@@ -141,6 +145,16 @@ class RunLayout:
         return self.info / f"{self.spec_name}_experiment.csv"
 
     @property
+    def report(self) -> Path:
+        """The run's self-contained HTML report (``hlrp-lab report``)."""
+        return self.run_dir / "report.html"
+
+    @property
+    def wandb(self) -> Path:
+        """Weights & Biases' folder of every session of the run (W&B makes it in the ``dir`` it is given: ``log/``)."""
+        return self.log / "wandb"
+
+    @property
     def best_spec(self) -> Path:
         """A search's best trial's spec."""
         return self.info / f"{self.spec_name}_best{SPEC}"
@@ -190,6 +204,34 @@ class RunLayout:
     def checkpoint_state(self, trial: Index, session: Index, tag: str) -> Path:
         """Optimizer, scheduler, step, history and RNG state of a checkpoint."""
         return self.model / checkpoint_state_name(self.stem(trial, session), tag)
+
+    def picture(self, trial: Index, session: Index, tag: str, name: str) -> Path:
+        """A picture (PNG) of what the model learned, drawn at the ``tag`` (``last``, ``best``) evaluation."""
+        return self.graph / f"{self.picture_prefix(trial, session, tag)}{name}.png"
+
+    def picture_prefix(self, trial: Index, session: Index, tag: str) -> str:
+        """How the file names of a session's ``tag`` pictures start (``Stage.draw`` adds ``{name}.png``)."""
+        return f"{self.stem(trial, session)}_picture_{tag}_"
+
+    def pictures(self, trial: int, session: int, tag: str) -> list[Path]:
+        """A session's ``tag`` pictures that exist, by name."""
+        return sorted(self.graph.glob(self.picture(trial, session, tag, "*").name))
+
+    def picture_index(self, trial: Index, session: Index, tag: str) -> Path:
+        """``{"step": ..., "pictures": [file names]}`` of a session's ``tag`` pictures."""
+        return self.graph / f"{self.stem(trial, session)}_picture_{tag}.json"
+
+    def tensorboard(self, trial: Index, session: Index) -> Path:
+        """A session's TensorBoard folder."""
+        return self.log / "tb" / self.stem(trial, session)
+
+    def profile(self, trial: Index, session: Index) -> Path:
+        """A session's torch.profiler trace folder (``--profile``)."""
+        return self.log / "profile" / self.stem(trial, session)
+
+    def profile_table(self, trial: Index, session: Index) -> Path:
+        """A session's per-phase time table (``--profile``)."""
+        return self.log / "profile" / f"{self.stem(trial, session)}_profile.csv"
 
     def video_prefix(self, trial: int, session: int) -> Path:
         """Rollout videos of a session are ``{video_prefix}_*.mp4``."""
