@@ -134,9 +134,7 @@ def launcher_words(launcher: str) -> list[str]:
     except ValueError as err:
         raise SpecError(f"--launcher {launcher!r}: {err}; quote it as a shell would") from None
     if not words:
-        raise SpecError(
-            "--launcher: empty; give the command that runs hlrp-lab, e.g. .venv/bin/hlrp-lab"
-        )
+        raise SpecError("--launcher: empty; give the command that runs hlrp-lab, e.g. .venv/bin/hlrp-lab")
     return words
 
 

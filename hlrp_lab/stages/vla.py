@@ -55,7 +55,6 @@ class VLAStage(Stage):
             offline = {**vla, "pretrained": None}
             cls.build_model({**spec, "model": {**spec["model"], "vla": offline}})
 
-
     @classmethod
     def model_for_weights(cls, spec: dict, tokenizer: PreTrainedTokenizerBase, weights: Path) -> nn.Module:
         """The model of ``spec`` to load a weights file of its run into (sizes the data set, read from it)."""
