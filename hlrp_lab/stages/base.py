@@ -1,6 +1,7 @@
 """The contract between a stage and the stage-agnostic training loop."""
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -59,3 +60,11 @@ class Stage(ABC):
     @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics, including ``metric``; called under torch.no_grad with the model in eval mode."""
+
+    def draw(self, folder: Path, prefix: str) -> list[Path]:
+        """Pictures of the latest ``evaluate()``: PNGs ``{prefix}{name}.png`` in ``folder``; their paths.
+
+        Called on rank 0 alone, right after ``evaluate()``, with the model in eval mode under torch.no_grad.
+        A sharded model (FSDP) must not run here (the other ranks would wait for it): draw from what
+        ``evaluate()`` kept. None by default."""
+        return []

@@ -76,7 +76,14 @@ class FoundationConfig(VLAStageConfig):
     families: ClassVar[dict[str, Registry]] = {"vla": VLAS, "latent_head": LATENT_HEADS}
     metric = "val_token_acc"
     metric_mode = "max"
-    graph_metrics = ("loss", "token_acc", "val_token_acc", "val_exact_match", "majority_token_acc")
+    graph_metrics = (
+        "loss",
+        "token_acc",
+        "val_token_acc",
+        "val_top3_acc",
+        "val_exact_match",
+        "majority_token_acc",
+    )
 
 
 class FinetuneTrain(Strict):

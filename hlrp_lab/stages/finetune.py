@@ -7,8 +7,13 @@ head reads the last hidden states of the latent queries. Actions are scaled to [
 percentiles of the training actions (OpenVLA's normalisation), kept with the weights. Offline metric: the
 mean squared error of the normalised actions on held-out scenes, against predicting the training mean.
 With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in Meta-World.
+
+Pictures (``draw``): the held-out pairs are random frames of their scenes, so the action traces come from whole
+episodes instead: the first ``TRACE_EPISODES`` held-out episodes in shard order (training ones where
+``data.val_split`` is 0), their first ``TRACE_FRAMES`` frames, predicted at every evaluation.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +26,15 @@ from transformers import PreTrainedTokenizerBase
 
 from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.data.dataset import data_urls
+from hlrp_lab.data.episode import Episode
 from hlrp_lab.data.loader import FrameData
-from hlrp_lab.data.shards import manifest_of
+from hlrp_lab.data.pairs import is_val_scene
+from hlrp_lab.data.shards import manifest_of, read_episodes
 from hlrp_lab.lib.distributed import broadcast_from_main
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference, resolve_reference
 from hlrp_lab.lib.weights import load_weights
-from hlrp_lab.stages import STAGES
+from hlrp_lab.stages import STAGES, pictures
 from hlrp_lab.stages.config import FinetuneConfig
 from hlrp_lab.stages.rollouts import Rollouts
 from hlrp_lab.stages.vla import (
@@ -43,6 +50,7 @@ from hlrp_lab.stages.vla import (
 
 STATS_PAIRS = 4096  # training pairs for the action statistics at scene level
 CHECK_ACTION_DIM = 4  # a spec is dry-built with this many action dimensions (the data sets the real number)
+TRACE_EPISODES, TRACE_FRAMES = 2, 100  # the action traces picture: episodes, their first frames
 
 
 class VLAPolicy(nn.Module):
@@ -95,6 +103,22 @@ def foundation_reference(spec: dict) -> RunReference | None:
                 f"({foundation['model'][family]}); use the same block to start from its weights"
             )
     return reference
+
+
+def trace_episodes(urls: list[str], val_split: float) -> list[Episode]:
+    """The first ``TRACE_EPISODES`` held-out episodes of the shards (training ones when ``val_split`` is 0), cut
+    to their first ``TRACE_FRAMES`` frames that have an action."""
+    found = []
+    for episode in read_episodes(urls):
+        if val_split == 0 or is_val_scene(episode.scene, val_split):
+            count = min(len(episode.actions), TRACE_FRAMES)
+            frames, actions = episode.frames[:count].copy(), episode.actions[:count].copy()
+            found.append(
+                dataclasses.replace(episode, frames=frames, actions=actions, states=None, success=None)
+            )
+        if len(found) == TRACE_EPISODES:
+            break
+    return found
 
 
 def no_actions(data: dict) -> str:
@@ -169,6 +193,9 @@ class FinetuneStage(VLAStage):
             load_weights(self.model.vla, reference.weights, device)
             logger.info(f"finetuning from {reference.weights}")
         self.rollouts = Rollouts.of_data(spec, urls)
+        self.trace_episodes = trace_episodes(urls, data["val_split"])
+        self.traces: list[pictures.Trace] = []  # of the latest evaluation, for draw()
+        self.rollout_metrics: dict[str, float] = {}  # likewise: closed-loop success
 
     def training_actions(self) -> np.ndarray:
         """(N, action_dim) actions of the training scenes: all of them at pair level, else a sample."""
@@ -191,8 +218,30 @@ class FinetuneStage(VLAStage):
             "data/skipped_shards": float(len(self.data.skipped)),
         }
         if self.rollouts is not None:
-            metrics.update(self.rollouts.run(self.policy))
+            self.rollout_metrics = self.rollouts.run(self.policy)
+            metrics.update(self.rollout_metrics)
+        self.traces = [self.trace(episode) for episode in self.trace_episodes]
         return metrics
+
+    def trace(self, episode: Episode) -> pictures.Trace:
+        """The true actions of ``episode``'s frames and the first action of the chunk predicted at each."""
+        predicted = self.predict(episode.frames, [episode.instruction] * len(episode.frames))[:, 0]
+        side = "held-out" if self.data.data["val_split"] > 0 else "training"
+        label = f"{side} episode {episode.scene} ({episode.task})"
+        return pictures.Trace(label, episode.actions, predicted.cpu().numpy())
+
+    def draw(self, folder: Path, prefix: str) -> list[Path]:
+        """Predicted vs true action traces, and the closed-loop success per task where rollouts ran, of the latest
+        evaluation (drawn from what evaluate() kept: the model is not called, so a sharded model needs no other
+        rank)."""
+        paths = [pictures.action_traces(folder / f"{prefix}actions.png", self.traces)] if self.traces else []
+        if self.rollout_metrics:
+            rollout, path = self.rollout_metrics, folder / f"{prefix}success.png"
+            rates = {
+                key.removeprefix("success/"): v for key, v in rollout.items() if key.startswith("success/")
+            }
+            paths.append(pictures.success(path, rates, rollout["success_rate"], self.rollouts.episodes))
+        return paths
 
     def predict(self, frames: np.ndarray, instructions: list[str]) -> torch.Tensor:
         """Action chunks (N, chunk, action_dim) in robot units for uint8 frames (N, H, W, 3), in batches."""

@@ -1,12 +1,13 @@
 """Stage 2, foundation: a VLA predicts the LAQ latent action of frame t from the frame and the instruction.
 
 Data: shards labelled with an LAQ run's codes (``hlrp-lab data label``, or a ``label`` data source generated
-and cached on first use). Metrics on held-out scenes: per-token accuracy and whole-action exact match,
-against the majority baseline (the most frequent code of each token, and the most frequent whole action,
-among training pairs).
+and cached on first use). Metrics on held-out scenes: per-token accuracy, top-3 accuracy (the LAQ code among the
+three highest scored) and whole-action exact match, against the majority baseline (the most frequent code of
+each token, and the most frequent whole action, among training pairs).
 """
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,8 +19,9 @@ from transformers import PreTrainedTokenizerBase
 from hlrp_lab.data.dataset import data_urls
 from hlrp_lab.data.loader import FrameData
 from hlrp_lab.lib.errors import SpecError
-from hlrp_lab.stages import STAGES
+from hlrp_lab.stages import STAGES, pictures
 from hlrp_lab.stages.config import FoundationConfig
+from hlrp_lab.stages.metrics import code_counts, confusion_matrices, true_code_ranks
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
     VLAStage,
@@ -32,6 +34,7 @@ from hlrp_lab.stages.vla import (
 )
 
 MAJORITY_PAIRS = 4096  # training pairs the majority baseline is counted on
+TOP_K = 3  # val_top3_acc: one name for every codebook size (1 where it has at most 3 codes)
 
 
 def check_labels(spec: dict, urls: list[str]) -> dict:
@@ -93,6 +96,8 @@ class FoundationStage(VLAStage):
         self.batch_size, self.device = self.data.micro_batch, device  # evaluation chunks, as in training
         self.model = self.build_model(spec, run_tokenizer(spec)).to(device)
         self.baseline = majority_baseline(self.data.probe["codes"], self.data.val["codes"])
+        self.val_predicted: np.ndarray | None = None  # (N, K) of the latest evaluation, for draw()
+        self.val_ranks: np.ndarray | None = None  # (N, K) codes scored above the LAQ code
         logger.info(f"latent actions of {self.labels['laq_run']} (offset {self.labels['offset']})")
 
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -104,10 +109,13 @@ class FoundationStage(VLAStage):
     def evaluate(self) -> dict[str, float]:
         logits = self.logits(self.data.val)
         codes = torch.from_numpy(self.data.val["codes"]).to(logits.device)
-        correct = logits.argmax(-1) == codes
+        predicted, ranks = logits.argmax(-1), true_code_ranks(logits, codes)
+        self.val_predicted, self.val_ranks = predicted.cpu().numpy(), ranks.cpu().numpy()
+        correct = predicted == codes
         return {
             "val_loss": F.cross_entropy(logits.flatten(0, 1), codes.flatten()).item(),
             "val_token_acc": correct.float().mean().item(),
+            f"val_top{TOP_K}_acc": (ranks < TOP_K).float().mean().item(),
             "val_exact_match": correct.all(1).float().mean().item(),
             **self.baseline,
             "data/skipped_shards": float(len(self.data.skipped)),
@@ -116,3 +124,16 @@ class FoundationStage(VLAStage):
     def logits(self, pairs: dict[str, Any]) -> torch.Tensor:
         """Latent-code logits (N, K, C) of held-out ``pairs``, in batches."""
         return in_batches(self.model, pairs["frame_t"], pairs["instruction"], self.batch_size, self.device)
+
+    def draw(self, folder: Path, prefix: str) -> list[Path]:
+        """The confusion matrix of each token and the top-k accuracy curves of the latest evaluation (drawn from
+        what evaluate() kept: the model is not called, so a sharded model needs no other rank)."""
+        if self.val_ranks is None:
+            return []
+        true, size = self.data.val["codes"], self.labels["codebook_size"]
+        matrices = confusion_matrices(true, self.val_predicted, size)
+        accuracy = (self.val_ranks[..., None] < np.arange(1, size + 1)).mean(0)  # (K, C): k = 1 .. C
+        return [
+            pictures.confusion(folder / f"{prefix}confusion.png", matrices, code_counts(true, size)),
+            pictures.topk(folder / f"{prefix}topk.png", accuracy),
+        ]

@@ -1,6 +1,7 @@
 """Stage 1, LAQ: a VQ-VAE over the transition frame t -> frame t+k, whose codes are latent actions."""
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,13 +19,17 @@ from hlrp_lab.data.loader import FrameData
 from hlrp_lab.data.pairs import to_float
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import RunReference
-from hlrp_lab.stages import STAGES
+from hlrp_lab.stages import STAGES, pictures
 from hlrp_lab.stages.base import Stage
 from hlrp_lab.stages.config import LAQConfig
-from hlrp_lab.stages.metrics import codebook_usage, linear_probe_r2, per_image_mse, psnr
+from hlrp_lab.stages.metrics import code_counts, codebook_usage, linear_probe_r2, per_image_mse, psnr
 
 CHANNELS = 3
 PROBE_TRAIN_PAIRS = 1024
+RECONSTRUCTED_PAIRS = 6  # held-out pairs in the reconstruction picture
+# The atlas: up to 3 frames, 4 tokens, 8 rows (frames x tokens) and the 12 most used codes of each token.
+ATLAS_FRAMES, ATLAS_TOKENS, ATLAS_ROWS, ATLAS_CODES = 3, 4, 8, 12
+EXAMPLE_TOKENS, EXAMPLE_CODES, EXAMPLES_PER_CODE = 4, 3, 3  # code examples: tokens, codes of each, pairs
 
 
 class LAQOutput(NamedTuple):
@@ -85,6 +90,7 @@ class LAQStage(Stage):
             logger.warning("data.val_split is 0: evaluating on training pairs")
         self.batch_size, self.device = self.data.micro_batch, device  # evaluation chunks, as in training
         self.model = self.build_model(spec).to(device)
+        self.val_codes: np.ndarray | None = None  # (N, num_tokens) of the latest evaluation, for draw()
 
     def train_batch(self, index: int) -> dict[str, Any]:
         return to_float(self.data.train_batch(index), self.device)
@@ -111,6 +117,7 @@ class LAQStage(Stage):
         metrics["latent_gain"] = metrics["val_psnr"] - psnr(val["shuffled_mse"]).item()
         if val["indices"] is not None:
             metrics.update(codebook_usage(val["indices"], self.model.quantizer.codebook_size))
+            self.val_codes = val["indices"].cpu().numpy()
         if val["action"] is not None and "action" in self.data.probe:
             probe = self.infer(self.data.probe)
             metrics["probe_r2"] = linear_probe_r2(
@@ -142,11 +149,108 @@ class LAQStage(Stage):
         ]
         return {**results, "shuffled_mse": torch.cat(shuffled), "latent": results["latent"].float()}
 
+    def draw(self, folder: Path, prefix: str) -> list[Path]:
+        """Pictures of the model on fixed held-out pairs (docs/PICTURES.md): the reconstruction; with codes, the
+        latent action atlas, transitions of the most used codes and the code usage (of the held-out codes that
+        the latest evaluate() kept)."""
+        paths = [self.draw_reconstruction(folder / f"{prefix}reconstruction.png")]
+        if self.model.quantizer.codebook_size is None or self.val_codes is None:
+            return paths
+        codes = self.val_codes
+        counts = code_counts(codes, self.model.quantizer.codebook_size)
+        return [
+            *paths,
+            self.draw_atlas(folder / f"{prefix}atlas.png", codes, counts),
+            self.draw_code_examples(folder / f"{prefix}code_examples.png", codes, counts),
+            pictures.code_usage(folder / f"{prefix}code_usage.png", counts),
+        ]
+
+    def later_frame(self) -> str:
+        """How pictures name frame t+k: "t+1", or "t+k" for several offsets."""
+        offsets = self.data.data["offsets"]
+        return f"t+{offsets[0]}" if len(offsets) == 1 else "t+k"
+
+    def draw_reconstruction(self, path: Path) -> Path:
+        val = self.data.val
+        picks = spread(len(val["frame_t"]), RECONSTRUCTED_PAIRS)
+        frame_t, frame_tk = val["frame_t"][picks], val["frame_tk"][picks]
+        batch = to_float({"frame_t": frame_t, "frame_tk": frame_tk}, self.device)
+        predicted = images(self.model(batch["frame_t"], batch["frame_tk"]).reconstruction)
+        return pictures.reconstruction(path, frame_t, frame_tk, predicted, self.later_frame())
+
+    def draw_atlas(self, path: Path, codes: np.ndarray, counts: np.ndarray) -> Path:
+        """The atlas of the most used codes (``counts`` (K, C) over the held-out ``codes`` (N, K))."""
+        shown = np.sort(
+            most_used(counts)[:ATLAS_TOKENS, :ATLAS_CODES], axis=1
+        )  # in code order: columns line up
+        picks = spread(len(codes), max(1, min(ATLAS_FRAMES, ATLAS_ROWS // len(shown))))
+        frame_t = self.data.val["frame_t"][picks]
+        changes = self.atlas_changes(frame_t, codes[picks], shown)
+        size = counts.shape[1]
+        which = f"the {shown.shape[1]} most used of {size}" if shown.shape[1] < size else f"all {size}"
+        tokens = "" if len(shown) == len(counts) else f", the first {len(shown)} of {len(counts)} tokens"
+        title = f"Latent action atlas: {which} codes of each token{tokens}"
+        return pictures.atlas(path, frame_t, changes, shown, codes[picks], title)
+
+    def draw_code_examples(self, path: Path, codes: np.ndarray, counts: np.ndarray) -> Path:
+        val, ranked = self.data.val, most_used(counts)
+        examples = [
+            pictures.CodeExamples(
+                j,
+                int(code),
+                counts[j, code] / len(codes),
+                [(val["frame_t"][i], val["frame_tk"][i]) for i in examples_of(codes[:, j], code)],
+            )
+            for j in range(min(len(counts), EXAMPLE_TOKENS))
+            for code in ranked[j, :EXAMPLE_CODES]
+            if counts[j, code] > 0
+        ]
+        title = f"Held-out transitions (frame t | frame {self.later_frame()}) of the most used codes"
+        return pictures.code_examples(path, examples, title)
+
+    def atlas_changes(self, frame_t: np.ndarray, own: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(F, J, C, H, W, 3): frames t (F, H, W, 3) decoded with token j set to ``codes[j, c]`` (J, C) and the
+        other tokens at the pair's own codes ``own`` (F, num_tokens), minus frame t."""
+        tokens, count = codes.shape
+        indices = np.broadcast_to(own[:, None, None, :], (len(own), tokens, count, own.shape[1])).copy()
+        rows, columns = np.arange(tokens)[:, None], np.arange(count)[None, :]
+        indices[:, rows, columns, rows] = codes
+        flat = torch.from_numpy(indices.reshape(-1, own.shape[1])).to(self.device)
+        frames = np.repeat(frame_t, tokens * count, axis=0)
+        decoded = []
+        for start in range(0, len(flat), self.batch_size):
+            first = to_float({"frame_t": frames[start : start + self.batch_size]}, self.device)["frame_t"]
+            latent = self.model.quantizer.codes_to_latent(flat[start : start + self.batch_size])
+            decoded.append(images(self.model.decoder(first, latent)))
+        change = np.concatenate(decoded) - np.repeat(frame_t / 255.0, tokens * count, axis=0)
+        return change.reshape(len(own), tokens, count, *frame_t.shape[1:])
+
     def chunks(self, pairs: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """``pairs`` as float batches of ``batch_size`` on the device."""
         for start in range(0, len(pairs["frame_t"]), self.batch_size):
             chunk = {key: value[start : start + self.batch_size] for key, value in pairs.items()}
             yield to_float(chunk, self.device)
+
+
+def most_used(counts: np.ndarray) -> np.ndarray:
+    """(K, C) each token's codes, the most used first (ties in code order)."""
+    return np.argsort(-counts, axis=1, kind="stable")
+
+
+def spread(total: int, count: int) -> np.ndarray:
+    """Up to ``count`` indices spread evenly over ``range(total)`` (held-out pairs of different scenes)."""
+    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+
+
+def examples_of(codes: np.ndarray, code: int) -> np.ndarray:
+    """Up to ``EXAMPLES_PER_CODE`` indices of pairs assigned ``code``, spread over the held-out pairs."""
+    assigned = np.flatnonzero(codes == code)
+    return assigned[spread(len(assigned), EXAMPLES_PER_CODE)]
+
+
+def images(frames: torch.Tensor) -> np.ndarray:
+    """Float (B, 3, H, W) frames -> (B, H, W, 3) numpy in [0, 1]."""
+    return frames.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def load_laq(reference: RunReference, device: torch.device) -> LatentActionModel:

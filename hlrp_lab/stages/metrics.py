@@ -1,5 +1,6 @@
-"""Evaluation metrics shared by stages: PSNR, codebook usage, linear probes."""
+"""Evaluation metrics shared by stages: PSNR, codebook usage, linear probes, code confusion and ranks."""
 
+import numpy as np
 import torch
 
 
@@ -43,3 +44,23 @@ def linear_probe_r2(
     residual = (y_test - test_design @ weights).pow(2).sum()
     total = (y_test - y_train.mean(0)).pow(2).sum()
     return (1 - residual / total).item()
+
+
+def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
+    """(K, C) how many pairs each token assigns to each code, from codes (N, K)."""
+    return np.stack([np.bincount(column, minlength=codebook_size) for column in codes.T])
+
+
+def true_code_ranks(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(N, K) how many codes score strictly above the true code: the true code is in the top k where < k."""
+    true = logits.gather(-1, codes.unsqueeze(-1))
+    return (logits > true).sum(-1)
+
+
+def confusion_matrices(true: np.ndarray, predicted: np.ndarray, codebook_size: int) -> np.ndarray:
+    """(K, C, C) per token, the share of pairs of each true code (row) predicted as each code (column); a code
+    that never occurs has a row of zeros."""
+    matrices = np.zeros((true.shape[1], codebook_size, codebook_size))
+    for j in range(true.shape[1]):
+        np.add.at(matrices[j], (true[:, j], predicted[:, j]), 1)
+    return matrices / np.maximum(matrices.sum(-1, keepdims=True), 1)

@@ -70,6 +70,26 @@ def test_quantizer_contract(name):
         assert 0 <= out.indices.min() and out.indices.max() < quantizer.codebook_size
 
 
+@pytest.mark.parametrize(
+    "block", [{"name": name} for name in QUANTIZERS.names()] + [{"name": "FSQ", "levels": [2, 3]}]
+)
+def test_codes_to_latent_gives_the_latent_of_those_codes(block):
+    """The latent of chosen codes is what the quantizer returns for inputs with those codes, and every code has
+    its own latent (the decoded latent-action atlas draws each)."""
+    quantizer = QUANTIZERS.build(block, "model.quantizer").eval()
+    if quantizer.codebook_size is None:
+        assert not hasattr(quantizer, "codes_to_latent")
+        return
+    out = quantizer(3 * torch.randn(5, quantizer.num_tokens, quantizer.dim))
+    latent = quantizer.codes_to_latent(out.indices)
+    assert latent.shape == out.quantized.shape
+    torch.testing.assert_close(latent, out.quantized)
+    every = torch.arange(quantizer.codebook_size).view(-1, 1).expand(-1, quantizer.num_tokens)
+    latents = quantizer.codes_to_latent(every)
+    assert latents.shape == (quantizer.codebook_size, quantizer.num_tokens, quantizer.dim)
+    assert len(latents[:, 0].unique(dim=0)) == quantizer.codebook_size
+
+
 @pytest.mark.parametrize("name", QUANTIZERS.names())
 def test_gradients_reach_the_encoder_through_each_quantizer(name):
     quantizer = QUANTIZERS.build({"name": name}, "model.quantizer").train()

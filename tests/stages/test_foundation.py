@@ -34,6 +34,7 @@ CPU = torch.device("cpu")
 FOUNDATION_METRICS = {
     "val_loss",
     "val_token_acc",
+    "val_top3_acc",
     "val_exact_match",
     "majority_token_acc",
     "majority_exact_match",

@@ -33,3 +33,7 @@ class FSQ(nn.Module):
         """(B, T, len(levels)) -> quantized (B, T, len(levels)), indices (B, T), zero loss."""
         quantized, indices = self.fsq(x)
         return QuantizerOutput(quantized, indices.long(), x.new_zeros(()))
+
+    def codes_to_latent(self, indices: Tensor) -> Tensor:
+        """Code ids (B, T) -> their level vectors (B, T, len(levels)), as forward returns them."""
+        return self.fsq.indices_to_codes(indices)

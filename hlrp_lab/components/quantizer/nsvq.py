@@ -43,6 +43,10 @@ class NSVQ(nn.Module):
         """Index of the nearest code of each vector of ``z`` (..., code_dim)."""
         return torch.cdist(z.flatten(0, -2), self.codebook).argmin(-1).view(z.shape[:-1])
 
+    def codes_to_latent(self, indices: Tensor) -> Tensor:
+        """Code ids (B, T) -> their codebook vectors (B, T, code_dim), as forward returns them in eval mode."""
+        return self.codebook[indices]
+
     def forward(self, z: Tensor) -> QuantizerOutput:
         """(B, T, code_dim) -> latent (B, T, code_dim), indices (B, T), zero auxiliary loss."""
         indices = self.nearest(z.detach().float())

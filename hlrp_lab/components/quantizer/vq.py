@@ -34,3 +34,7 @@ class VectorQuantizer(nn.Module):
         """(B, T, code_dim) -> quantized (B, T, code_dim), indices (B, T), commitment loss (training only)."""
         quantized, indices, loss = self.vq(x)
         return QuantizerOutput(quantized, indices, loss)
+
+    def codes_to_latent(self, indices: Tensor) -> Tensor:
+        """Code ids (B, T) -> their codebook vectors (B, T, code_dim), as forward returns them in eval mode."""
+        return self.vq.get_output_from_indices(indices)
