@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hlrp_lab.lib.layout import RunLayout
 from tests.conftest import tiny_spec_dict
 
 ROOT = Path(__file__).parents[1]
@@ -53,6 +54,16 @@ def test_readme_dev_run_beats_the_copy_baseline(tmp_path):
     # the latent carries the change
     assert metrics["latent_gain"] > 0.2 and metrics["perplexity"] > 1.5, metrics
     assert (tmp_path / "data" / "cache").is_dir()  # the shards, reused by later runs
+    layout = RunLayout(run_dir, "laq_debug")
+    for tag in ("last", "best"):  # the pictures of the last and best evaluations, and the report showing them
+        names = {
+            path.name.removeprefix(layout.picture_prefix(0, 0, tag)) for path in layout.pictures(0, 0, tag)
+        }
+        assert names == {"reconstruction.png", "atlas.png", "code_examples.png", "code_usage.png"}, tag
+    assert json.loads(layout.picture_index(0, 0, "last").read_text())["step"] == 300
+    report = layout.report.read_text()  # the best evaluation is the last: its pictures are shown once
+    assert f"{metrics['val_psnr']:.4g}" in report
+    assert report.count('<img src="data:image/png;base64,') == 4
 
 
 def resume_spec(tmp_path: Path) -> Path:

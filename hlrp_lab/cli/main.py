@@ -14,6 +14,7 @@ from hlrp_lab.cli.data import data_app
 from hlrp_lab.cli.errors import cli_errors
 from hlrp_lab.cli.plot import plot, plot_list
 from hlrp_lab.cli.remote import run_remote
+from hlrp_lab.cli.report import report
 from hlrp_lab.cli.sync import Models, list_runs, pull, push, upload
 from hlrp_lab.lib.errors import SpecError
 
@@ -80,13 +81,29 @@ def run(
     node_rank: NodeRank = 0,
     master_addr: MasterAddr = None,
     master_port: MasterPort = None,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="Trace a window of steps with torch.profiler and time each phase of a step (meta.profile): "
+            "log/profile/, docs/PROFILING.md.",
+        ),
+    ] = False,
+    trackers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tracker",
+            help="Also log to tensorboard or wandb (meta.trackers; repeatable): docs/TRACKERS.md.",
+        ),
+    ] = None,
 ) -> None:
     """Run a spec: writes everything under data/{spec_name}_{timestamp}/."""
     from hlrp_lab.lib import stop
     from hlrp_lab.spec.spec_util import parse_mode, parse_sets
 
+    sets = [*(sets or []), *flag_sets(profile, trackers)]
     with cli_errors():
-        lab_mode, values = parse_mode(mode), parse_sets(sets or [])
+        lab_mode, values = parse_mode(mode), parse_sets(sets)
         if lab_mode.name != "search":  # SIGUSR1 (Slurm's warning before a time limit): write `last`, exit 75
             stop.listen(forward=True, fresh=True)
         if upload_hf:
@@ -99,7 +116,7 @@ def run(
 
             plan = Launch(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
             check_launch_spec(spec_file, spec_name, lab_mode, values, plan.ranks)
-            lab_args = ["run", str(spec_file), spec_name, mode, *(f"--set={pair}" for pair in sets or [])]
+            lab_args = ["run", str(spec_file), spec_name, mode, *(f"--set={pair}" for pair in sets)]
             lab_args += [f"--keep={keep}"] + ["--upload-hf"] * upload_hf + ["--upload-models"] * upload_models
             launch(plan, spec_name, lab_args)
         return
@@ -114,6 +131,14 @@ def run(
     if upload_hf:
         with cli_errors():
             upload(run_dir, upload_models)
+
+
+def flag_sets(profile: bool, trackers: list[str] | None) -> list[str]:
+    """``--profile`` and ``--tracker`` as the dotted ``-s`` overrides they stand for."""
+    sets = ["meta.profile=true"] if profile else []
+    if trackers:
+        sets.append(f"meta.trackers={json.dumps(trackers)}")
+    return sets
 
 
 def check_launch_spec(spec_file: Path, spec_name: str, mode: "Mode", values: dict, ranks: int) -> None:
@@ -268,6 +293,7 @@ app.command("pull")(pull)
 app.command("list")(list_runs)
 app.command("plot")(plot)
 app.command("plot-list")(plot_list)
+app.command("report")(report)
 
 
 @app.command("merge-lora")

@@ -22,6 +22,9 @@ from loguru import logger
 from hlrp_lab.experiment.analysis import aggregate_sessions, save_session_graphs, save_trial_graphs
 from hlrp_lab.experiment.checkpoint import Checkpoints
 from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
+from hlrp_lab.experiment.pictures import Pictures
+from hlrp_lab.experiment.profile import StepProfile
+from hlrp_lab.experiment.trackers import Trackers, open_trackers
 from hlrp_lab.lib import stop
 from hlrp_lab.lib.cpus import available_cpus
 from hlrp_lab.lib.device import pick_device
@@ -32,6 +35,7 @@ from hlrp_lab.lib.runs import write_spec
 from hlrp_lab.lib.util import atomic_write, write_json
 from hlrp_lab.lib.world import World
 from hlrp_lab.stages import STAGES
+from hlrp_lab.stages.base import Stage
 
 SessionEval = Callable[[int, int, dict[str, float]], None]  # (session, step, evaluation row)
 
@@ -71,16 +75,42 @@ class Session:
         world = World.current()
         log_file = self.layout.log_file(self.trial, self.session, world.rank if world.distributed else None)
         sink = logger.add(log_file, level=os.environ.get("LOG_LEVEL", "INFO"))
+        trackers = profile = metrics = None
         try:
+            stage = self.build_stage()
+            trackers = open_trackers(self.spec, self.layout, self.trial, self.session) if world.main else None
+            profile = self.step_profile(stage)
             callbacks = [] if self.on_eval is None else [partial(self.on_eval, self.session)]
-            loop = Loop(self.build_stage(), self.spec, self.checkpoints, on_eval=callbacks)
+            pictures = Pictures(self.layout, self.trial, self.session)
+            loop = Loop(stage, self.spec, self.checkpoints, callbacks, pictures, trackers, profile)
             metrics = loop.run()
             if world.main:
                 self.save_history(pd.DataFrame(loop.history))
             logger.info(f"{self.stem} done: {format_metrics(metrics)}")
             return metrics
         finally:
+            self.finish(profile, trackers, metrics)
             logger.remove(sink)
+
+    def finish(self, profile: StepProfile | None, trackers: Trackers | None, metrics: dict | None) -> None:
+        """Close the profiler (its table in the log) and the trackers, after a failure too (whose error stays
+        the one reported)."""
+        try:
+            summary = profile.close() if profile else None
+            if summary:
+                logger.info(f"profile of {summary}")
+        except Exception as error:  # noqa: BLE001 (the run's own outcome comes first)
+            logger.warning(f"{self.stem}: the profile was not written: {error}")
+        if trackers:
+            trackers.close(metrics)
+
+    def step_profile(self, stage: Stage) -> StepProfile:
+        """The step profiler of ``meta.profile``, on rank 0 (disabled elsewhere)."""
+        enabled = self.spec["meta"]["profile"] and World.current().main
+        folder = self.layout.profile(self.trial, self.session)
+        table = self.layout.profile_table(self.trial, self.session)
+        device = next(stage.model.parameters()).device
+        return StepProfile(enabled, folder, table, device, self.stem)
 
     def save_history(self, history: pd.DataFrame) -> None:
         metrics_csv = self.layout.session_metrics(self.trial, self.session)

@@ -17,6 +17,7 @@ from hlrp_lab.experiment.build import dry_build
 from hlrp_lab.experiment.control import Trial
 from hlrp_lab.experiment.distributed import process_group
 from hlrp_lab.experiment.experiment import Experiment
+from hlrp_lab.experiment.report import write_report
 from hlrp_lab.experiment.search import check_ray_address
 from hlrp_lab.lib.distributed import barrier, broadcast_from_main
 from hlrp_lab.lib.errors import SpecError
@@ -95,8 +96,21 @@ def run_on_ranks(layout: RunLayout, body: Callable[[], Any], world: World, openi
         logger.info(opening)
     if world.distributed:
         logger.info(f"{layout.spec_name}: {world.size} ranks, this is rank {world.rank}")
-    with recorded_status(layout) if world.main else contextlib.nullcontext():
-        body()
+    try:
+        with recorded_status(layout) if world.main else contextlib.nullcontext():
+            body()
+    finally:
+        if world.main:
+            write_run_report(layout)
+
+
+def write_run_report(layout: RunLayout) -> None:
+    """``report.html`` of what the run has written so far (after a failure too); a report that cannot be
+    written is a warning, not a failed run."""
+    try:
+        logger.info(f"report: {write_report(layout.run_dir, layout.spec_name)}")
+    except Exception as error:  # noqa: BLE001 (the run's results stand without their report)
+        logger.warning(f"report.html not written ({type(error).__name__}: {error}); try `hlrp-lab report`")
 
 
 def pin_references(node: Any, key: str = "") -> Any:
@@ -138,6 +152,7 @@ def evaluate_run(run_dir: Path, spec_name: str) -> Path:
     setup_logger(RunLayout(run_dir, spec_name).log_file())
     logger.info(f"{spec_name} eval: best checkpoints of {run_dir}")
     Trial(spec).evaluate()
+    write_run_report(RunLayout(run_dir, spec_name))
     return run_dir
 
 

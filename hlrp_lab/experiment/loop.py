@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ from tqdm import tqdm
 from hlrp_lab.experiment.checkpoint import Checkpoints, ShardedLast
 from hlrp_lab.experiment.distributed import Runner, full_weights
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
+from hlrp_lab.experiment.pictures import Pictures
+from hlrp_lab.experiment.profile import StepProfile
+from hlrp_lab.experiment.trackers import Trackers
 from hlrp_lab.lib import stop
 from hlrp_lab.lib.distributed import any_over_ranks, barrier, first_over_ranks, mean_over_ranks
 from hlrp_lab.lib.errors import Interrupted, NonFiniteLossError
@@ -27,7 +31,10 @@ EvalCallback = Callable[[int, dict[str, float]], None]
 
 
 class Loop:
-    """Train ``stage`` for ``train.max_step`` optimizer steps; resume from the `last` checkpoint if any."""
+    """Train ``stage`` for ``train.max_step`` optimizer steps; resume from the `last` checkpoint if any.
+
+    On rank 0, after each evaluation ``pictures`` draws the stage's pictures and ``on_eval`` callbacks hear the
+    row; ``trackers`` hear every logged row. ``profile`` times each phase of a step (``--profile``)."""
 
     def __init__(
         self,
@@ -35,12 +42,18 @@ class Loop:
         spec: dict,
         checkpoints: Checkpoints,
         on_eval: list[EvalCallback] | None = None,
+        pictures: Pictures | None = None,
+        trackers: Trackers | None = None,
+        profile: StepProfile | None = None,
     ):
         self.stage = stage
         self.train = spec["train"]
         self.checkpoints = checkpoints
         self.world = World.current()
         self.on_eval = (on_eval or []) if self.world.main else []
+        self.pictures = pictures if self.world.main else None
+        self.trackers = trackers if self.world.main else None
+        self.profile = profile
         self.device = next(stage.model.parameters()).device  # before FSDP may offload parameters to the CPU
         self.runner = Runner(stage, spec, self.world)
         self.omitted = reloadable_weights(stage.model)  # a LoRA model's base: checkpoints leave it out
@@ -66,6 +79,8 @@ class Loop:
         barrier()
         if self.sharded_last.written() if self.sharded_last else self.checkpoints.written("last"):
             self.restore()
+        if self.trackers:
+            self.trackers.start(self.step)
         max_step = self.train["max_step"]
         self.stage.model.train()
         progress = tqdm(
@@ -82,6 +97,8 @@ class Loop:
                 started = time.perf_counter()
                 self.optimizer_step()
                 self.train_time += time.perf_counter() - started
+                if self.profile:
+                    self.profile.step_done(self.step)
                 progress.update(1)
                 self.after_step(progress)
                 if any_over_ranks(stop.requested()) and self.step < max_step:
@@ -103,12 +120,17 @@ class Loop:
     def optimizer_step(self) -> None:
         accum = self.train["grad_accum"]
         for micro in range(accum):
-            batch = self.stage.train_batch(self.step * accum + micro)
-            with self.runner.gradient_sync(micro == accum - 1):
+            with self.phase("data"):
+                batch = self.stage.train_batch(self.step * accum + micro)
+            with self.phase("compute"), self.runner.gradient_sync(micro == accum - 1):
                 with autocast(self.train["precision"], self.device):
                     loss, logs = self.runner(batch)
                 (loss / accum).backward()
             self.accumulate({"loss": loss.detach(), **logs}, weight=1 / accum)
+        with self.phase("compute"):
+            self.update_weights()
+
+    def update_weights(self) -> None:
         if self.train["grad_clip"] is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train["grad_clip"])
             if isinstance(grad_norm, DTensor):  # FSDP: the norm over every rank's shards
@@ -122,6 +144,10 @@ class Loop:
         finite = torch.isfinite(self.sums["loss"])
         self.first_bad_step = torch.where(~finite & (self.first_bad_step < 0), self.step, self.first_bad_step)
 
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        """Time ``name`` (data, compute, eval, checkpoint, pictures, log) when profiling."""
+        return self.profile.phase(name) if self.profile else contextlib.nullcontext()
+
     def accumulate(self, logs: dict[str, torch.Tensor], weight: float) -> None:
         """Sum scalars on the device; they are read (one sync) only when a row is logged."""
         for key, value in logs.items():
@@ -134,18 +160,36 @@ class Loop:
         do_eval = step % self.train["eval_frequency"] == 0 or step == max_step
         if not (do_log or do_eval):
             return
-        row = self.train_row()
+        with self.phase("log"):
+            row = self.train_row()
         if do_eval:
-            row.update(self.evaluate())
+            with self.phase("eval"):
+                row.update(self.evaluate())
         self.history.append(row)
         progress.set_postfix(
             loss=f"{row['loss']:.4g}", steps_per_s=f"{row['steps_per_s']:.1f}", refresh=False
         )
+        pictures = []
         if do_eval:
-            self.save_checkpoints(row)
+            with self.phase("checkpoint"):
+                best = self.save_checkpoints(row)
+            if self.pictures:
+                with self.phase("pictures"):
+                    pictures = self.draw(best)
             logger.info(f"{self.checkpoints.prefix} step {step}: {format_metrics(row)}")
             for callback in self.on_eval:
                 callback(step, row)
+        if self.trackers:
+            with self.phase("log"):
+                self.trackers.log(step, row, pictures)
+
+    def draw(self, best: bool) -> list[Path]:
+        """The stage's pictures of this evaluation (rank 0), as ``evaluate()`` leaves the model."""
+        self.stage.model.eval()
+        with torch.no_grad(), autocast(self.train["precision"], self.device):
+            paths = self.pictures.draw(self.stage, self.step, best)
+        self.stage.model.train()
+        return paths
 
     def train_row(self) -> dict[str, float]:
         """Mean training scalars since the last row, over steps and ranks; raises on every rank if any step of
@@ -175,12 +219,15 @@ class Loop:
             return True
         return value > self.best if self.stage.Config.metric_mode == "max" else value < self.best
 
-    def save_checkpoints(self, row: dict[str, float]) -> None:
+    def save_checkpoints(self, row: dict[str, float]) -> bool:
+        """Write `last`, and `best` if the metric improved; whether it did."""
         value = row[self.stage.Config.metric]
-        if self.improved(value):
+        improved = self.improved(value)
+        if improved:
             self.best = value
             self.save_best({"step": self.step, "metrics": row})
         self.save_last()
+        return improved
 
     def save_last(self) -> None:
         if self.sharded_last:

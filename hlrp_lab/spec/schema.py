@@ -185,6 +185,16 @@ class MetaSpec(Strict):
     random_seed: int | None = Field(
         None, description="Base seed; session s of trial t uses seed + 1000 * t + s. null: drawn and saved."
     )
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Also log scalars, pictures and the spec to these (rank 0; docs/TRACKERS.md); "
+        "`--tracker NAME` adds one.",
+    )
+    profile: bool = Field(
+        False,
+        description="Trace a window of steps with torch.profiler and time each phase of a step "
+        "(docs/PROFILING.md); `--profile` sets it.",
+    )
     # Set by the lab when a run starts and recorded in the saved spec.
     spec_name: str | None = Field(None, description="Set by the lab: the spec's name.")
     spec_file: str | None = Field(None, description="Set by the lab: the file the spec came from.")

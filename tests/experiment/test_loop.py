@@ -164,7 +164,7 @@ def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
     stop.listen(fresh=True)
 
     def signal_after_first_checkpoint() -> None:
-        while not list(Path("data").glob("tiny_*/model/tiny_t0_s0_last_state.pt")):
+        while not list(Path("data").glob("tiny_*/graph/tiny_t0_s0_picture_last.json")):  # after `last`
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGUSR1)
 
