@@ -191,7 +191,7 @@ def vla_args(*extra: str) -> list[str]:
         "train",
         *SHORT,
         "-s",
-        "train.max_step=60",
+        "train.max_step=30",
         "-s",
         "train.eval_frequency=10",
         *extra,
@@ -201,11 +201,11 @@ def vla_args(*extra: str) -> list[str]:
 def test_fsdp_vla_resumes_on_one_and_two_ranks_after_sigkill(workdir, tmp_path):
     lab(*laq_args(), cwd=workdir)  # the LAQ run whose codes label vla_debug's data (latest:laq_debug)
     whole = run_dir_of(lab(*vla_args("--nproc-per-node", "2"), cwd=workdir), workdir)
-    assert (whole / "model" / "vla_debug_t0_s0_last_step60.dcp" / "__1_0.distcp").is_file()
+    assert (whole / "model" / "vla_debug_t0_s0_last_step30.dcp" / "__1_0.distcp").is_file()
 
     killed = sigkill_after_first_checkpoint(workdir, vla_args("--nproc-per-node", "2"))
     state = torch_load(killed / "model" / "vla_debug_t0_s0_last_state.pt")
-    assert state["step"] < 60 and state["shards"] == f"vla_debug_t0_s0_last_step{state['step']}.dcp"
+    assert state["step"] < 30 and state["shards"] == f"vla_debug_t0_s0_last_step{state['step']}.dcp"
     on_two = tmp_path / killed.name
     shutil.copytree(killed, on_two)
 
@@ -224,9 +224,9 @@ def test_fsdp_vla_resumes_on_one_and_two_ranks_after_sigkill(workdir, tmp_path):
     assert out.stdout.count("run directory: ") == 1  # rank 0 reports for the job
     keys = ["loss", "val_loss", "val_token_acc", "val_exact_match"]
     for resumed in (killed, on_two):
-        # 1e-3: the resumed half trains ~50 steps with sums in another order (1 rank vs 2 shards)
+        # 1e-3: the resumed half trains ~20 steps with sums in another order (1 rank vs 2 shards)
         assert_close(last_row(resumed, "vla_debug"), last_row(whole, "vla_debug"), keys, 1e-3)
-        assert last_row(resumed, "vla_debug")["step"] == 60
+        assert last_row(resumed, "vla_debug")["step"] == 30
 
     best = torch_load(on_two / "model" / "vla_debug_t0_s0_best_state.pt")
     lab("run", FOUNDATION, "vla_debug", f"eval@{on_two}", cwd=workdir)
