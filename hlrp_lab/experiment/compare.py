@@ -111,7 +111,7 @@ def plotted_sessions(run: Run) -> Sessions:
     wanted = run.layout.session_metrics("*", "*").relative_to(run.path).as_posix()
     raise RunError(
         f"{run.path}: no session metrics to plot ({wanted}); "
-        + (f"the run failed: {error}" if error else "the run failed or was stopped before a session ended")
+        + (f"the run failed: {error}" if error else "the run failed or was stopped before it logged a row")
     )
 
 

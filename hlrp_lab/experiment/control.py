@@ -21,7 +21,7 @@ from loguru import logger
 
 from hlrp_lab.experiment.analysis import aggregate_sessions, save_session_graphs, save_trial_graphs
 from hlrp_lab.experiment.checkpoint import Checkpoints
-from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
+from hlrp_lab.experiment.loop import EvalCallback, Loop, autocast, evaluate_stage, format_metrics
 from hlrp_lab.experiment.pictures import Pictures
 from hlrp_lab.experiment.profile import StepProfile
 from hlrp_lab.experiment.trackers import Trackers, open_trackers
@@ -75,7 +75,7 @@ class Session:
         world = World.current()
         log_file = self.layout.log_file(self.trial, self.session, world.rank if world.distributed else None)
         sink = logger.add(log_file, level=os.environ.get("LOG_LEVEL", "INFO"))
-        trackers = profile = metrics = None
+        trackers = profile = metrics = loop = None
         try:
             stage = self.build_stage()
             trackers = open_trackers(self.spec, self.layout, self.trial, self.session) if world.main else None
@@ -89,6 +89,8 @@ class Session:
             logger.info(f"{self.stem} done: {format_metrics(metrics)}")
             return metrics
         finally:
+            if metrics is None and loop is not None and world.main:
+                self.save_partial_history(loop.history)
             self.finish(profile, trackers, metrics)
             logger.remove(sink)
 
@@ -112,6 +114,16 @@ class Session:
         device = next(stage.model.parameters()).device
         return StepProfile(enabled, folder, table, device, self.stem)
 
+    def save_partial_history(self, history: list[dict[str, float]]) -> None:
+        """The rows a failed or stopped session logged (its report shows them); the session's own error stays
+        the one reported."""
+        if not history:
+            return
+        try:
+            self.save_history(pd.DataFrame(history))
+        except Exception as error:  # noqa: BLE001
+            logger.warning(f"{self.stem}: its metrics so far were not written: {error}")
+
     def save_history(self, history: pd.DataFrame) -> None:
         metrics_csv = self.layout.session_metrics(self.trial, self.session)
         atomic_write(metrics_csv, lambda file: history.to_csv(file, index=False))
@@ -122,7 +134,10 @@ class Session:
         """Load the `tag` checkpoint and evaluate it only."""
         stage = self.build_stage()
         state = self.checkpoints.load(tag, stage.model)
-        metrics = {"step": float(state["step"]), **evaluate_stage(stage, self.spec["train"]["precision"])}
+        precision = self.spec["train"]["precision"]
+        metrics = {"step": float(state["step"]), **evaluate_stage(stage, precision)}
+        with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
+            Pictures(self.layout, self.trial, self.session).draw_as(stage, state["step"], "eval")
         logger.info(f"{self.stem} {tag} checkpoint (step {state['step']}): {format_metrics(metrics)}")
         return metrics
 

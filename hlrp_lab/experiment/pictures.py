@@ -1,4 +1,5 @@
-"""A session's pictures (``Stage.draw``) at its `last` evaluation, copied to `best` when the metric improved."""
+"""A session's pictures (``Stage.draw``): at its `last` evaluation, copied to `best` when the metric improved,
+and of the best checkpoint in `eval` mode."""
 
 import shutil
 from pathlib import Path
@@ -17,19 +18,23 @@ class Pictures:
         self.layout, self.trial, self.session = layout, trial, session
 
     def draw(self, stage: Stage, step: int, best: bool) -> list[Path]:
-        """The `last` pictures of this evaluation (also kept as `best` when ``best``); none if drawing failed:
-        a picture is not worth a training run, so that is a warning."""
-        last = self.layout.picture_prefix(self.trial, self.session, "last")
-        for old in self.layout.pictures(self.trial, self.session, "last"):
-            old.unlink()  # a picture the stage no longer draws must not pass for this step's
-        try:
-            paths = stage.draw(self.layout.graph, last)
-        except Exception as error:  # noqa: BLE001 (any bug in drawing code)
-            logger.warning(f"pictures at step {step} not drawn: {type(error).__name__}: {error}")
-            return []
-        self.write_index("last", step, paths)
+        """The `last` pictures of this evaluation, also kept as `best` when ``best``."""
+        paths = self.draw_as(stage, step, "last")
         if best:
             self.keep_as_best(step, paths)
+        return paths
+
+    def draw_as(self, stage: Stage, step: int, tag: str) -> list[Path]:
+        """The ``tag`` pictures of the evaluation at ``step``; none if drawing failed: a picture is not worth a
+        training run, so that is a warning (and the index says that ``step`` has none)."""
+        for old in self.layout.pictures(self.trial, self.session, tag):
+            old.unlink()  # a picture the stage no longer draws must not pass for this step's
+        try:
+            paths = stage.draw(self.layout.graph, self.layout.picture_prefix(self.trial, self.session, tag))
+        except Exception as error:  # noqa: BLE001 (any bug in drawing code)
+            logger.warning(f"pictures at step {step} not drawn: {type(error).__name__}: {error}")
+            paths = []
+        self.write_index(tag, step, paths)
         return paths
 
     def keep_as_best(self, step: int, paths: list[Path]) -> None:

@@ -9,7 +9,7 @@ data/{spec_name}_{timestamp}/
          {spec}_t{trial}_s{session}_last_step{step}.dcp/ (a VLA stage's sharded `last`, named by its _state.pt)
   graph/ {spec}_t{trial}_s{session}_session_graph_{metric}, {spec}_t{trial}_trial_graph_{metric},
          {spec}_experiment_graph_{param}, {spec}_t{trial}_s{session}_rollout_*.mp4,
-         {spec}_t{trial}_s{session}_picture_{last,best}_{name}.png (+ _picture_{last,best}.json: their step)
+         {spec}_t{trial}_s{session}_picture_{last,best,eval}_{name}.png (+ _picture_{tag}.json: their step)
   log/   {spec}.log, {spec}_t{trial}.log, {spec}_t{trial}_s{session}.log (on several ranks: _rank{r}.log each),
          tb/{spec}_t{trial}_s{session}/ (TensorBoard), wandb/ (W&B), profile/{spec}_t{trial}_s{session}/
          (torch.profiler trace) and profile/{spec}_t{trial}_s{session}_profile.csv (--profile)
@@ -206,7 +206,8 @@ class RunLayout:
         return self.model / checkpoint_state_name(self.stem(trial, session), tag)
 
     def picture(self, trial: Index, session: Index, tag: str, name: str) -> Path:
-        """A picture (PNG) of what the model learned, drawn at the ``tag`` (``last``, ``best``) evaluation."""
+        """A picture (PNG) of what the model learned at the ``tag`` evaluation: ``last``, ``best`` (the best
+        checkpoint's, drawn in training) or ``eval`` (`eval` mode's, of the best checkpoint)."""
         return self.graph / f"{self.picture_prefix(trial, session, tag)}{name}.png"
 
     def picture_prefix(self, trial: Index, session: Index, tag: str) -> str:
@@ -220,6 +221,10 @@ class RunLayout:
     def picture_index(self, trial: Index, session: Index, tag: str) -> Path:
         """``{"step": ..., "pictures": [file names]}`` of a session's ``tag`` pictures."""
         return self.graph / f"{self.stem(trial, session)}_picture_{tag}.json"
+
+    def wandb_id(self, trial: Index, session: Index) -> Path:
+        """The W&B run id of a session (a resumed session continues that W&B run)."""
+        return self.wandb / f"{self.stem(trial, session)}_run_id.txt"
 
     def tensorboard(self, trial: Index, session: Index) -> Path:
         """A session's TensorBoard folder."""

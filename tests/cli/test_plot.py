@@ -144,7 +144,7 @@ def test_a_spec_name_plots_its_newest_run(root, tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.output == (
         f"error: {Path('data') / newest.name}: no session metrics to plot "
-        "(info/solo_t*_s*_session_metrics.csv); the run failed or was stopped before a session ended\n"
+        "(info/solo_t*_s*_session_metrics.csv); the run failed or was stopped before it logged a row\n"
     )
     listing = invoke("plot-list").output.splitlines()
     assert listing[1].split()[:6] == ["solo_2020_01_01_000000_10", "laq", "train", "no", "-", "0"]

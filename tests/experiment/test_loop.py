@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from hlrp_lab.experiment.lab import evaluate_run, run_lab
 from hlrp_lab.experiment.optim import build_optimizer, build_scheduler
 from hlrp_lab.lib import stop
 from hlrp_lab.lib.errors import CheckpointError, Interrupted, NonFiniteLossError
+from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.spec_util import Mode
 
@@ -98,6 +100,9 @@ def test_eval_mode_scores_the_best_checkpoint(tmp_path, monkeypatch, tiny_spec, 
     evaluated = json.loads((run_dir / "info" / "tiny_t0_eval_metrics.json").read_text())["mean"]
     assert evaluated["step"] == best["step"]
     assert evaluated["val_psnr"] == best["metrics"]["val_psnr"]  # same computation, same number
+    layout = RunLayout(run_dir, "tiny")  # and its pictures of the best checkpoint, in the report
+    assert json.loads(layout.picture_index(0, 0, "eval").read_text())["step"] == best["step"]
+    assert len(layout.pictures(0, 0, "eval")) == 4 and "eval evaluation (step" in layout.report.read_text()
 
 
 def test_trial_runs_sessions_in_parallel_with_distinct_seeds(tmp_path, tiny_spec):
@@ -166,6 +171,7 @@ def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
     def signal_after_first_checkpoint() -> None:
         while not list(Path("data").glob("tiny_*/graph/tiny_t0_s0_picture_last.json")):  # after `last`
             time.sleep(0.01)
+        time.sleep(0.5)  # steps on (~100 a second): the request comes between evaluations
         os.kill(os.getpid(), signal.SIGUSR1)
 
     threading.Thread(target=signal_after_first_checkpoint, daemon=True).start()
@@ -177,6 +183,10 @@ def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
     assert status["status"] == "interrupted" and f"train@{run_dir}" in status["error"]
     state = torch.load(run_dir / "model" / "tiny_t0_s0_last_state.pt", weights_only=True)
     assert state["step"] == step > 5  # this step's, not the last evaluation's
+    history = pd.read_csv(run_dir / "info" / "tiny_t0_s0_session_metrics.csv")  # the rows so far, and the
+    assert 5 <= history["step"].iloc[-1] <= step  # report shows them with the pictures of its evaluations
+    report = (run_dir / "report.html").read_text()
+    assert "No trial wrote metrics" not in report and "last evaluation (step" in report
 
     stop.listen(fresh=True)  # a new run listens afresh
     run_lab(spec_file, "tiny", Mode("train", run_dir), {"train.max_step": step + 5})

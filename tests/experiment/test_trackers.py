@@ -14,7 +14,6 @@ from loguru import logger
 from PIL import Image
 
 from hlrp_lab.experiment.trackers import open_trackers
-from hlrp_lab.experiment.trackers.wandb import run_id
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.layout import RunLayout
 
@@ -189,7 +188,7 @@ def test_wandb_offline_run_groups_config_resume_and_no_key_in_files(layout, tmp_
     wandb.teardown()  # waits for W&B's service to finish writing the run files (as it does at exit)
 
     stem = layout.stem(TRIAL, SESSION)
-    expected_id = run_id(layout.run_dir.name, stem)
+    expected_id = layout.wandb_id(TRIAL, SESSION).read_text().strip()
     folders = sorted(layout.wandb.glob("offline-run-*"))
     assert len(folders) == 2 and all(folder.name.split("-")[3] == expected_id for folder in folders)
     first, second = (wandb_records(folder / f"run-{expected_id}.wandb") for folder in folders)

@@ -28,6 +28,7 @@ from hlrp_lab.stages import STAGES
 
 LOG_TAIL = 40  # lines of the run's log shown when it did not complete
 FILES_LISTED = 500  # files of the run directory listed at most (a search's ray/ holds many)
+INLINE_TRIALS = 5  # a search's best trials have their pictures inlined; the others' are linked
 
 
 def find_spec_name(run_dir: Path) -> str:
@@ -154,9 +155,12 @@ def report_html(layout: RunLayout, out_dir: Path) -> str:
     trials = sorted(set(layout.trials()) | set(layout.trials_with_sessions()) | set(rows))
     if not trials:
         body.append("<p class=muted>No trial wrote metrics.</p>")
+    searched = frame is not None and "trial" in frame.columns
+    inlined = set(frame["trial"].head(INLINE_TRIALS).astype(int)) if searched else set(trials)
     for trial in trials:
         metrics = graph_metrics or logged_metrics(layout, trial)
-        body.append(trial_section(layout, trial, metrics, out_dir, trial_status(rows.get(trial))))
+        status_line = trial_status(rows.get(trial))
+        body.append(trial_section(layout, trial, metrics, out_dir, status_line, trial in inlined))
     if status.get("status") != COMPLETED:
         body.append(log_tail(layout))
     pretty = json.dumps(spec, indent=2)

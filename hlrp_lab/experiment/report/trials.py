@@ -15,7 +15,7 @@ from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.viz import Curve, plotly_figure
 
 INLINE_VIDEO_BYTES = 8 << 20  # videos of a run up to this size in all are inlined; larger ones are linked
-TAGS = ("last", "best")
+TAGS = ("last", "best", "eval")  # eval: `eval` mode's pictures of the best checkpoint
 CURVE = '<div class="curve">'  # around each figure: the page carries plotly's bundle when it has one
 
 
@@ -77,26 +77,40 @@ def picture_step(layout: RunLayout, trial: int, session: int, tag: str) -> int |
     return step if isinstance(step, int) else None
 
 
-def pictures(layout: RunLayout, trial: int, session: int) -> str:
-    """The session's pictures at its last and best evaluations, inlined, with the step of each (best once
-    when it is the last)."""
+def pictures(layout: RunLayout, trial: int, session: int, inline: bool, out_dir: Path) -> str:
+    """The session's pictures at its last and best evaluations (and of ``eval`` mode), with the step of each
+    (best once when it is the last); inlined, or linked relative to the report's folder."""
     parts = []
     steps = {tag: picture_step(layout, trial, session, tag) for tag in TAGS}
+    drawn = {tag: layout.pictures(trial, session, tag) for tag in TAGS}
     for tag in TAGS:
-        paths = layout.pictures(trial, session, tag)
+        paths = drawn[tag]
         at = f" (step {steps[tag]})" if steps[tag] is not None else ""
-        if tag == "best" and paths and steps["best"] is not None and steps["best"] == steps["last"]:
+        if (
+            tag == "best"
+            and paths
+            and drawn["last"]
+            and steps["best"] is not None
+            and steps["best"] == steps["last"]
+        ):
             parts.append(f"<h4>best evaluation{at}</h4><p>The last evaluation was the best.</p>")
             continue
         prefix = layout.picture_prefix(trial, session, tag)
         figures = "".join(
-            f'<figure><img src="{data_uri("image/png", path.read_bytes())}" alt="{esc(path.name)}">'
+            f'<figure><img src="{picture_source(path, inline, out_dir)}" alt="{esc(path.name)}">'
             f"<figcaption>{esc(path.stem.removeprefix(prefix))}</figcaption></figure>"
             for path in paths
         )
         if figures:
             parts.append(f"<h4>{tag} evaluation{at}</h4><div class=figures>{figures}</div>")
     return "".join(parts)
+
+
+def picture_source(path: Path, inline: bool, out_dir: Path) -> str:
+    """A PNG as a data URI, or as a link relative to the report's folder."""
+    if inline:
+        return data_uri("image/png", path.read_bytes())
+    return esc(Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix())
 
 
 def videos(layout: RunLayout, trial: int, session: int, inline: bool, out_dir: Path) -> str:
@@ -131,9 +145,16 @@ def profile_table(path: Path) -> str:
     return table([esc(c) for c in frame.columns], rows)
 
 
-def trial_section(layout: RunLayout, trial: int, graph_metrics: list[str], out_dir: Path, status: str) -> str:
+def trial_section(
+    layout: RunLayout,
+    trial: int,
+    graph_metrics: list[str],
+    out_dir: Path,
+    status: str,
+    inline_pictures: bool = True,
+) -> str:
     """Everything of one trial, under the anchor ``#trial-{trial}``: its metrics beside its curves, then each
-    session's pictures, videos and profile."""
+    session's pictures (inlined, or linked when not ``inline_pictures``), videos and profile."""
     metrics = read_json(layout.trial_metrics(trial))
     key = metrics.get("metric") if isinstance(metrics, dict) else None
     if isinstance(metrics, dict):
@@ -151,7 +172,8 @@ def trial_section(layout: RunLayout, trial: int, graph_metrics: list[str], out_d
     parts.append(f"<div class=overview><div>{tables}</div><div class=curves>{figures}</div></div>")
     inline = videos_inline(layout)
     for session in sessions:
-        media = pictures(layout, trial, session) + videos(layout, trial, session, inline, out_dir)
+        media = pictures(layout, trial, session, inline_pictures, out_dir)
+        media += videos(layout, trial, session, inline, out_dir)
         profile = layout.profile_table(trial, session)
         if profile.is_file():
             media += f"<h4>Profile</h4>{profile_table(profile)}"

@@ -1,18 +1,19 @@
 """Weights & Biases: one run per session, grouped by run directory (``group``) and trial (``job_type``)."""
 
-import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from hlrp_lab.experiment.trackers.base import Tracker
 from hlrp_lab.lib.layout import RunLayout
+from hlrp_lab.lib.util import atomic_write_text
 
 PROJECT = "hlrp-lab"  # unless WANDB_PROJECT names one
 
 
 class WandbTracker(Tracker):
     """Scalars and pictures (``pictures/{name}``) at their step, the spec as config, final metrics as summary.
-    The run id is derived from the run directory and session, so ``train@RUN_DIR`` continues the same W&B run;
+    The run id is kept in the run directory (``RunLayout.wandb_id``), so ``train@RUN_DIR`` continues the same W&B run;
     W&B reads its own environment (``WANDB_MODE``, ``WANDB_ENTITY``, ``WANDB_API_KEY``), which the lab never
     writes anywhere."""
 
@@ -27,13 +28,12 @@ class WandbTracker(Tracker):
 
         self.wandb = wandb
         stem = layout.stem(trial, session)
-        layout.log.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", PROJECT),
             group=layout.run_dir.name,
             job_type=layout.stem(trial),
             name=stem,
-            id=run_id(layout.run_dir.name, stem),
+            id=run_id(layout.wandb_id(trial, session)),
             resume="allow",
             dir=layout.log,  # W&B writes into a `wandb/` of its dir: layout.wandb
             config=spec,
@@ -55,6 +55,12 @@ class WandbTracker(Tracker):
         self.run.finish(exit_code=0 if final is not None else 1)
 
 
-def run_id(run_name: str, session_stem: str) -> str:
-    """The W&B run id of a session: the same for every attempt of it (resume), distinct across runs."""
-    return hashlib.sha256(f"{run_name}/{session_stem}".encode()).hexdigest()[:16]
+def run_id(path: Path) -> str:
+    """The W&B run id of a session, kept in ``path``: drawn at random for its first attempt (two runs started
+    in the same second on two machines must not share one), the same for every later one (resume)."""
+    if path.is_file():
+        return path.read_text().strip()
+    new = secrets.token_hex(8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, new + "\n")
+    return new
