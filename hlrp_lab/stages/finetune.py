@@ -50,7 +50,7 @@ from hlrp_lab.stages.vla import (
 
 STATS_PAIRS = 4096  # training pairs for the action statistics at scene level
 CHECK_ACTION_DIM = 4  # a spec is dry-built with this many action dimensions (the data sets the real number)
-TRACE_EPISODES, TRACE_FRAMES = 2, 100  # the action traces picture: episodes, their first frames
+TRACE_EPISODES, TRACE_FRAMES = 2, 48  # the action traces picture: episodes, their first frames
 
 
 class VLAPolicy(nn.Module):
@@ -110,7 +110,7 @@ def trace_episodes(urls: list[str], val_split: float) -> list[Episode]:
     to their first ``TRACE_FRAMES`` frames that have an action."""
     found = []
     for episode in read_episodes(urls):
-        if val_split == 0 or is_val_scene(episode.scene, val_split):
+        if len(episode.actions) >= 2 and (val_split == 0 or is_val_scene(episode.scene, val_split)):
             count = min(len(episode.actions), TRACE_FRAMES)
             frames, actions = episode.frames[:count].copy(), episode.actions[:count].copy()
             found.append(

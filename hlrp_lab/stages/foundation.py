@@ -131,9 +131,10 @@ class FoundationStage(VLAStage):
         if self.val_ranks is None:
             return []
         true, size = self.data.val["codes"], self.labels["codebook_size"]
-        matrices = confusion_matrices(true, self.val_predicted, size)
+        codes = pictures.confusion_codes(code_counts(true, size))
+        matrices = confusion_matrices(true, self.val_predicted, codes)
         accuracy = (self.val_ranks[..., None] < np.arange(1, size + 1)).mean(0)  # (K, C): k = 1 .. C
         return [
-            pictures.confusion(folder / f"{prefix}confusion.png", matrices, code_counts(true, size)),
+            pictures.confusion(folder / f"{prefix}confusion.png", matrices, codes, size),
             pictures.topk(folder / f"{prefix}topk.png", accuracy),
         ]

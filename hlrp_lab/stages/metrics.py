@@ -52,15 +52,23 @@ def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
 
 
 def true_code_ranks(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """(N, K) how many codes score strictly above the true code: the true code is in the top k where < k."""
+    """(N, K) how many codes an argmax would pick before the true code (higher logits, and equal ones of a lower
+    index): the true code is in the top k where < k, and rank 0 is the argmax's accuracy."""
     true = logits.gather(-1, codes.unsqueeze(-1))
-    return (logits > true).sum(-1)
+    lower = torch.arange(logits.shape[-1], device=logits.device) < codes.unsqueeze(-1)
+    return ((logits > true) | ((logits == true) & lower)).sum(-1)
 
 
-def confusion_matrices(true: np.ndarray, predicted: np.ndarray, codebook_size: int) -> np.ndarray:
-    """(K, C, C) per token, the share of pairs of each true code (row) predicted as each code (column); a code
-    that never occurs has a row of zeros."""
-    matrices = np.zeros((true.shape[1], codebook_size, codebook_size))
+def confusion_matrices(true: np.ndarray, predicted: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(K, S, S) per token, over the codes ``codes`` (S,): the share of the pairs of each true code (row) that
+    were predicted as each code (column). A row sums to 1 when every code is shown (less by the share predicted
+    as codes not shown); a code that never occurs has a row of zeros."""
+    index = np.full(max(true.max(), predicted.max(), codes.max()) + 1, -1)
+    index[codes] = np.arange(len(codes))
+    matrices = np.zeros((true.shape[1], len(codes), len(codes)))
+    totals = np.zeros((true.shape[1], len(codes)))
     for j in range(true.shape[1]):
-        np.add.at(matrices[j], (true[:, j], predicted[:, j]), 1)
-    return matrices / np.maximum(matrices.sum(-1, keepdims=True), 1)
+        rows, columns = index[true[:, j]], index[predicted[:, j]]
+        np.add.at(matrices[j], (rows[(rows >= 0) & (columns >= 0)], columns[(rows >= 0) & (columns >= 0)]), 1)
+        totals[j] = np.bincount(rows[rows >= 0], minlength=len(codes))
+    return matrices / np.maximum(totals, 1)[..., None]

@@ -272,17 +272,20 @@ def code_usage(path: Path, counts: np.ndarray) -> Path:
     return save(figure, path)
 
 
-def confusion(path: Path, matrices: np.ndarray, counts: np.ndarray) -> Path:
-    """Per token, the row-normalised confusion matrix (``matrices`` (K, C, C): LAQ code x predicted code), side by
-    side on one Axes; over ``CONFUSION_CODES`` codes, the rows and columns of the most frequent LAQ codes over all
-    tokens (``counts`` (K, C))."""
-    num_tokens, size = matrices.shape[:2]
-    codes = np.sort(np.argsort(-counts.sum(0), kind="stable")[:CONFUSION_CODES])
-    shown = len(codes)
+def confusion_codes(counts: np.ndarray) -> np.ndarray:
+    """The codes a confusion matrix shows: all, or the ``CONFUSION_CODES`` most frequent LAQ codes over all
+    tokens (``counts`` (K, C)), in code order."""
+    return np.sort(np.argsort(-counts.sum(0), kind="stable")[:CONFUSION_CODES])
+
+
+def confusion(path: Path, matrices: np.ndarray, codes: np.ndarray, size: int) -> Path:
+    """Per token, the row-normalised confusion matrix (``matrices`` (K, S, S): LAQ code x predicted code, over
+    ``codes`` of a codebook of ``size``), side by side on one Axes."""
+    num_tokens, shown = matrices.shape[:2]
     starts = np.arange(num_tokens) * (shown + 1)  # a blank column between tokens
     blocks = np.full((shown, starts[-1] + shown), np.nan)
     for start, matrix in zip(starts, matrices, strict=True):
-        blocks[:, start : start + shown] = matrix[np.ix_(codes, codes)]
+        blocks[:, start : start + shown] = matrix
     note = "" if size <= CONFUSION_CODES else f" ({CONFUSION_CODES} most frequent LAQ codes of {size})"
     width = min(2 + 0.25 * blocks.shape[1], 16)
     title = f"Predicted vs LAQ code per token, rows sum to 1{note}"

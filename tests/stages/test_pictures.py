@@ -116,7 +116,7 @@ def test_a_continuous_latent_draws_the_reconstruction_only(shard_cache, tmp_path
 def test_confusion_matrices_count_predictions_per_true_code_and_rows_sum_to_1():
     true = np.array([[0, 1], [0, 1], [0, 2], [3, 1]])
     predicted = np.array([[0, 1], [2, 1], [0, 1], [3, 3]])
-    matrices = confusion_matrices(true, predicted, 4)
+    matrices = confusion_matrices(true, predicted, np.arange(4))
     assert matrices.shape == (2, 4, 4)
     np.testing.assert_allclose(matrices[0, 0], [2 / 3, 0, 1 / 3, 0])
     np.testing.assert_allclose(matrices[0, 3], [0, 0, 0, 1])
@@ -128,7 +128,19 @@ def test_confusion_matrices_count_predictions_per_true_code_and_rows_sum_to_1():
 def test_true_code_ranks_give_top_k_accuracy():
     logits = torch.tensor([[[0.1, 0.9, 0.5, 0.0]], [[0.7, 0.1, 0.2, 0.3]], [[0.0, 0.0, 0.0, 1.0]]])
     codes = torch.tensor([[1], [3], [0]])
-    assert true_code_ranks(logits, codes).flatten().tolist() == [0, 1, 1]  # ties rank alike
+    assert true_code_ranks(logits, codes).flatten().tolist() == [0, 1, 1]
+    tied = torch.zeros(1, 1, 4)  # constant logits: right only where argmax's pick (code 0) is the true code
+    assert [true_code_ranks(tied, torch.tensor([[c]])).item() for c in range(4)] == [0, 1, 2, 3]
+    assert (true_code_ranks(logits, logits.argmax(-1)) == 0).all()  # rank 0 is the argmax's accuracy
+
+
+def test_a_confusion_matrix_of_some_codes_keeps_their_rows_shares_of_all_pairs():
+    true = np.array([[0], [0], [0], [1]])
+    predicted = np.array([[0], [2], [1], [1]])
+    matrices = confusion_matrices(true, predicted, np.array([0, 1]))
+    np.testing.assert_allclose(
+        matrices[0], [[1 / 3, 1 / 3], [0, 1]]
+    )  # code 0's third predicted as 2 is not shown
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +161,7 @@ def test_foundation_reports_top3_accuracy_and_draws_confusion_and_topk(foundatio
     true = stage.data.val["codes"]
     assert stage.val_predicted.shape == true.shape == stage.val_ranks.shape
     assert metrics["val_token_acc"] == pytest.approx((stage.val_predicted == true).mean())
-    matrices = confusion_matrices(true, stage.val_predicted, CODEBOOK)
+    matrices = confusion_matrices(true, stage.val_predicted, np.arange(CODEBOOK))
     present = np.stack([np.isin(np.arange(CODEBOOK), column) for column in true.T])
     np.testing.assert_allclose(matrices.sum(-1), present.astype(float))
     with torch.no_grad():
