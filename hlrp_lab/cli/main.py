@@ -93,7 +93,7 @@ def run(
         list[str] | None,
         typer.Option(
             "--tracker",
-            help="Also log to tensorboard or wandb (meta.trackers; repeatable): docs/TRACKERS.md.",
+            help="Also log to tensorboard or wandb; repeatable, the list replaces meta.trackers: docs/TRACKERS.md.",
         ),
     ] = None,
 ) -> None:

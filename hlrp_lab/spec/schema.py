@@ -188,7 +188,7 @@ class MetaSpec(Strict):
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list,
         description="Also log scalars, pictures and the spec to these (rank 0; docs/TRACKERS.md); "
-        "`--tracker NAME` adds one.",
+        "`--tracker NAME` (repeatable) sets the list.",
     )
     profile: bool = Field(
         False,

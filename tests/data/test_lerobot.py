@@ -148,6 +148,8 @@ def test_bad_camera_episodes_path_and_version_are_one_line_errors(v3, tmp_path):
         build(v3 / "meta")
     with pytest.raises(SpecError, match="is neither a local folder nor a Hub repo id owner/name"):
         build(tmp_path / "absent")
+    with pytest.raises(SpecError, match="'a--b/c' is not a local folder nor a valid repo id"):
+        build("a--b/c")  # the Hub's rules, checked before any request
     with pytest.raises(SpecError, match="lerobot.revision: applies to a Hub repo id"):
         build(v3, revision="main")
     old = tmp_path / "old"

@@ -77,6 +77,7 @@ def download(repo_id: str, revision: str | None, patterns: list[str], required: 
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -102,6 +103,10 @@ def download(repo_id: str, revision: str | None, patterns: list[str], required: 
         ) from None
     except HfHubHTTPError as err:
         raise RunError(f"lerobot: downloading {repo_id} failed: {first_line(err)}") from None
+    except HFValidationError as err:
+        raise SpecError(
+            f"lerobot.path: {repo_id!r} is not a local folder nor a valid repo id ({first_line(err)})"
+        ) from None
     if missing := [file for file in required if not (Path(folder) / file).is_file()]:
         raise RunError(
             f"lerobot: {repo_id} has no {missing[0]} in the Hugging Face cache, and it could not be "
