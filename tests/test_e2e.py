@@ -68,7 +68,7 @@ def test_readme_dev_run_beats_the_copy_baseline(tmp_path):
 
 def resume_spec(tmp_path: Path) -> Path:
     spec = tiny_spec_dict(tmp_path / "cache")
-    spec["train"].update(max_step=400, eval_frequency=20, log_frequency=20)
+    spec["train"].update(max_step=200, eval_frequency=20, log_frequency=20)
     path = tmp_path / "resume.json"
     path.write_text(json.dumps({"resume": spec}))
     return path
