@@ -40,7 +40,12 @@ def tiny_spec_dict(cache_dir: Path) -> dict:
             "decoder": {"name": "ViTDecoder", "patch_size": 8, "dim": 32, "depth": 1, "heads": 2},
         },
         "optim": {"name": "AdamW", "lr": 1e-3, "warmup_steps": 2},
-        "train": {"max_step": 12, "log_frequency": 3, "eval_frequency": 6},
+        "train": {
+            "max_step": 12,
+            "log_frequency": 3,
+            "eval_frequency": 6,
+            "pictures": False,
+        },  # their tests set it
         "meta": {"max_session": 1, "random_seed": 7},
     }
 

@@ -136,8 +136,9 @@ class Session:
         state = self.checkpoints.load(tag, stage.model)
         precision = self.spec["train"]["precision"]
         metrics = {"step": float(state["step"]), **evaluate_stage(stage, precision)}
-        with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
-            Pictures(self.layout, self.trial, self.session).draw_as(stage, state["step"], "eval")
+        if self.spec["train"]["pictures"]:
+            with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
+                Pictures(self.layout, self.trial, self.session).draw_as(stage, state["step"], "eval")
         logger.info(f"{self.stem} {tag} checkpoint (step {state['step']}): {format_metrics(metrics)}")
         return metrics
 

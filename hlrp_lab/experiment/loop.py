@@ -51,7 +51,7 @@ class Loop:
         self.checkpoints = checkpoints
         self.world = World.current()
         self.on_eval = (on_eval or []) if self.world.main else []
-        self.pictures = pictures if self.world.main else None
+        self.pictures = pictures if self.world.main and self.train["pictures"] else None
         self.trackers = trackers if self.world.main else None
         self.profile = profile
         self.device = next(stage.model.parameters()).device  # before FSDP may offload parameters to the CPU

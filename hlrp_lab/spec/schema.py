@@ -130,6 +130,11 @@ class TrainSpec(Strict):
     eval_frequency: PositiveInt = Field(
         500, description="Steps between evaluations; each writes the `last` (and maybe `best`) checkpoint."
     )
+    pictures: bool = Field(
+        True,
+        description="Draw the stage's pictures after each evaluation and in eval mode (docs/PICTURES.md); "
+        "false saves their time (~0.3 s per LAQ evaluation), e.g. in a search of many short trials.",
+    )
     grad_clip: PositiveFloat | None = Field(1.0, description="Max global gradient norm; null disables.")
     grad_accum: PositiveInt = Field(
         1,

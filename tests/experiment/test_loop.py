@@ -62,6 +62,7 @@ def test_train_writes_run_directory_and_is_deterministic(tmp_path, monkeypatch, 
     ]
     graphs = {p.name for p in (first / "graph").iterdir()}
     assert {"tiny_t0_s0_session_graph_loss.png", "tiny_t0_trial_graph_val_psnr.html"} <= graphs
+    assert not any("_picture_" in name for name in graphs)  # train.pictures false (the e2e runs draw them)
     assert (first / "log" / "tiny.log").read_text().count("trial_metrics: ") == 1
     a, b = trial_metrics(first)["mean"], trial_metrics(second)["mean"]
     assert a["step"] == 12 and comparable(a) == comparable(b)
@@ -93,7 +94,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_
 def test_eval_mode_scores_the_best_checkpoint(tmp_path, monkeypatch, tiny_spec, precision):
     """Eval mode computes as training's evaluations did: the same numbers, under bf16 autocast too."""
     monkeypatch.chdir(tmp_path)
-    tiny_spec["train"]["precision"] = precision
+    tiny_spec["train"].update(precision=precision, pictures=True)
     run_dir = run_lab(write_spec_file(tmp_path, tiny_spec), "tiny", Mode("train"), {})
     best = torch.load(run_dir / "model" / "tiny_t0_s0_best_state.pt", weights_only=True)
     assert evaluate_run(run_dir, "tiny") == run_dir
@@ -164,7 +165,7 @@ def test_a_stop_request_writes_last_at_that_step_and_the_run_resumes_from_it(
     """SIGUSR1 (Slurm's warning before a time limit): the loop writes `last` at the end of the step, the run
     is marked interrupted and raises Interrupted (exit code 75); train@ continues from that step."""
     monkeypatch.chdir(tmp_path)
-    tiny_spec["train"].update(max_step=100_000, eval_frequency=5, log_frequency=5)
+    tiny_spec["train"].update(max_step=100_000, eval_frequency=5, log_frequency=5, pictures=True)
     spec_file = write_spec_file(tmp_path, tiny_spec)
     stop.listen(fresh=True)
 

@@ -50,7 +50,7 @@ def root(tmp_path_factory, shard_cache) -> Path:
     """data/ with tiny (a run), multi (two trials with a search's table) and broken (failed: NaN loss)."""
     root = tmp_path_factory.mktemp("reports")
     spec = tiny_spec_dict(shard_cache)
-    spec["train"].update(max_step=6, eval_frequency=3)
+    spec["train"].update(max_step=6, eval_frequency=3, pictures=True)
     (root / "specs.json").write_text(json.dumps({"tiny": spec, "broken": spec}))
     cwd = Path.cwd()
     os.chdir(root)

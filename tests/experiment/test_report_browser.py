@@ -72,7 +72,7 @@ def report(tmp_path_factory, shard_cache) -> tuple[Path, RunLayout]:
     """The report of a real tiny LAQ run, with one more picture of our own."""
     root = tmp_path_factory.mktemp("browser")
     spec = tiny_spec_dict(shard_cache)
-    spec["train"].update(max_step=6, eval_frequency=3)
+    spec["train"].update(max_step=6, eval_frequency=3, pictures=True)
     (root / "specs.json").write_text(json.dumps({"tiny": spec}))
     cwd = Path.cwd()
     os.chdir(root)
