@@ -21,7 +21,7 @@ from loguru import logger
 
 from hlrp_lab.experiment.analysis import aggregate_sessions, save_session_graphs, save_trial_graphs
 from hlrp_lab.experiment.checkpoint import Checkpoints
-from hlrp_lab.experiment.loop import EvalCallback, Loop, autocast, evaluate_stage, format_metrics
+from hlrp_lab.experiment.loop import EvalCallback, Loop, evaluate_stage, format_metrics
 from hlrp_lab.experiment.pictures import Pictures
 from hlrp_lab.experiment.profile import StepProfile
 from hlrp_lab.experiment.trackers import Trackers, open_trackers
@@ -137,8 +137,8 @@ class Session:
         precision = self.spec["train"]["precision"]
         metrics = {"step": float(state["step"]), **evaluate_stage(stage, precision)}
         if self.spec["train"]["pictures"]:
-            with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
-                Pictures(self.layout, self.trial, self.session).draw_as(stage, state["step"], "eval")
+            pictures = Pictures(self.layout, self.trial, self.session)
+            evaluate_stage(stage, precision, partial(pictures.draw_as, stage, state["step"], "eval"))
         logger.info(f"{self.stem} {tag} checkpoint (step {state['step']}): {format_metrics(metrics)}")
         return metrics
 

@@ -6,8 +6,9 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from loguru import logger
@@ -28,6 +29,7 @@ from hlrp_lab.lib.world import World
 from hlrp_lab.stages.base import Stage
 
 EvalCallback = Callable[[int, dict[str, float]], None]
+T = TypeVar("T")
 
 
 class Loop:
@@ -185,9 +187,8 @@ class Loop:
 
     def draw(self, best: bool) -> list[Path]:
         """The stage's pictures of this evaluation (rank 0), as ``evaluate()`` leaves the model."""
-        self.stage.model.eval()
-        with torch.no_grad(), autocast(self.train["precision"], self.device):
-            paths = self.pictures.draw(self.stage, self.step, best)
+        draw = partial(self.pictures.draw, self.stage, self.step, best)
+        paths = evaluate_stage(self.stage, self.train["precision"], draw)
         self.stage.model.train()
         return paths
 
@@ -297,11 +298,9 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def evaluate_stage(
-    stage: Stage, precision: str, evaluate: Callable[[], dict[str, float]] | None = None
-) -> dict[str, float]:
-    """``stage.evaluate()`` (or ``evaluate()``: the same through a distributed runner) with the stage's model in
-    eval mode, without gradients, under the training precision."""
+def evaluate_stage(stage: Stage, precision: str, evaluate: Callable[[], T] | None = None) -> T:
+    """``stage.evaluate()`` (or ``evaluate()``: the same through a distributed runner, or the stage's pictures)
+    with the stage's model in eval mode, without gradients, under the training precision."""
     stage.model.eval()
     with torch.no_grad(), autocast(precision, next(stage.model.parameters()).device):
         return (evaluate or stage.evaluate)()

@@ -180,9 +180,8 @@ class LAQStage(Stage):
 
     def draw_atlas(self, path: Path, codes: np.ndarray, counts: np.ndarray) -> Path:
         """The atlas of the most used codes (``counts`` (K, C) over the held-out ``codes`` (N, K))."""
-        shown = np.sort(
-            most_used(counts)[:ATLAS_TOKENS, :ATLAS_CODES], axis=1
-        )  # in code order: columns line up
+        # in code order: columns line up
+        shown = np.sort(most_used(counts)[:ATLAS_TOKENS, :ATLAS_CODES], axis=1)
         picks = spread(len(codes), max(1, min(ATLAS_FRAMES, ATLAS_ROWS // len(shown))))
         frame_t = self.data.val["frame_t"][picks]
         changes = self.atlas_changes(frame_t, codes[picks], shown)
@@ -216,13 +215,12 @@ class LAQStage(Stage):
         rows, columns = np.arange(tokens)[:, None], np.arange(count)[None, :]
         indices[:, rows, columns, rows] = codes
         flat = torch.from_numpy(indices.reshape(-1, own.shape[1])).to(self.device)
-        frames = np.repeat(frame_t, tokens * count, axis=0)
-        decoded = []
-        for start in range(0, len(flat), self.batch_size):
-            first = to_float({"frame_t": frames[start : start + self.batch_size]}, self.device)["frame_t"]
-            latent = self.model.quantizer.codes_to_latent(flat[start : start + self.batch_size])
-            decoded.append(images(self.model.decoder(first, latent)))
-        change = np.concatenate(decoded) - np.repeat(frame_t / 255.0, tokens * count, axis=0)
+        frames = {"frame_t": np.repeat(frame_t, tokens * count, axis=0)}
+        decoded = [
+            images(self.model.decoder(batch["frame_t"], self.model.quantizer.codes_to_latent(chosen)))
+            for batch, chosen in zip(self.chunks(frames), flat.split(self.batch_size), strict=True)
+        ]
+        change = np.concatenate(decoded) - frames["frame_t"] / 255.0
         return change.reshape(len(own), tokens, count, *frame_t.shape[1:])
 
     def chunks(self, pairs: dict[str, Any]) -> Iterator[dict[str, Any]]:
