@@ -52,10 +52,11 @@ def stream_seed(*parts: int) -> int:
 
 
 def train_scene_pairs(
-    data: dict, seed: int, share: World | None = None
+    data: dict, seed: int, share: World | None = None, label_fraction: float = 0.0
 ) -> Callable[[Iterable[Sample]], Iterator[Sample]]:
     """Pipeline stage: raw samples -> pairs of training scenes (only the scenes of rank ``share.rank`` when
-    the ranks share shards); skipped-shard markers pass through."""
+    the ranks share shards; marked labelled or not with a ``label_fraction``); skipped-shard markers pass
+    through."""
 
     def stage(samples: Iterable[Sample]) -> Iterator[Sample]:
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
@@ -71,7 +72,8 @@ def train_scene_pairs(
                 episode = decode_episode(sample)
                 if not is_val_scene(episode.scene, data["val_split"]):
                     chunk = action_chunk(data)
-                    pairs = sample_pairs(episode, data["offsets"], data["pairs_per_scene"], rng, chunk)
+                    count = data["pairs_per_scene"]
+                    pairs = sample_pairs(episode, data["offsets"], count, rng, chunk, label_fraction)
             barren = 0 if pairs else barren + 1
             if barren > MAX_BARREN_INPUTS:
                 ours = (
@@ -106,7 +108,12 @@ def batch_pairs(batch_size: int) -> Callable[[Iterable[Sample]], Iterator[Sample
 
 
 def scene_stream(
-    urls: list[str], data: dict, seed: int, batch_size: int | None = None, world: World | None = None
+    urls: list[str],
+    data: dict,
+    seed: int,
+    batch_size: int | None = None,
+    world: World | None = None,
+    label_fraction: float = 0.0,
 ) -> wds.DataPipeline:
     """The infinite stream of training batches at scene level, deterministic in ``seed``, of ``batch_size``
     pairs (default ``data.batch_size``): of this rank's share of the data when ``world`` has several ranks
@@ -120,7 +127,7 @@ def scene_stream(
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         raw_samples,
-        train_scene_pairs(data, seed, share),
+        train_scene_pairs(data, seed, share, label_fraction),
         wds.shuffle(data["shuffle_buffer"], initial=data["shuffle_buffer"], seed=seed),
         batch_pairs(batch_size or data["batch_size"]),
     )
@@ -251,8 +258,10 @@ class FrameData:
         probe_pairs: int,
         probe_keys: tuple[str, ...] | None = None,
         world: World | None = None,
+        label_fraction: float = 0.0,
     ):
         self.urls, self.data, self.seed = urls, data, seed
+        self.label_fraction = label_fraction  # training pairs say whether they are labelled (pairs.py)
         self.world = world or World.current()
         self.grad_accum = train["grad_accum"]
         self.micro_batch = micro_batch(data["batch_size"], self.grad_accum, self.world.size)
@@ -288,7 +297,11 @@ class FrameData:
         if not train:
             raise RunError("data: no training scenes; lower data.val_split or add scenes")
         pairs = FramePairs(
-            train, self.data["offsets"], self.data["max_samples"], chunk=action_chunk(self.data)
+            train,
+            self.data["offsets"],
+            self.data["max_samples"],
+            chunk=action_chunk(self.data),
+            label_fraction=self.label_fraction,
         )
         logger.info(f"data: {len(pairs)} training pairs from {len(train)} scenes (pair level)")
         self.train_episodes = train
@@ -308,7 +321,9 @@ class FrameData:
         segment, position = divmod(index, self.segment)
         if self.stream is None or index != self.next_index or position == 0:
             seed = stream_seed(self.seed, segment)
-            stream = scene_stream(self.urls, self.data, seed, self.micro_batch, self.world)
+            stream = scene_stream(
+                self.urls, self.data, seed, self.micro_batch, self.world, self.label_fraction
+            )
             self.stream = batches(stream, self.data["num_workers"])
             for _ in range(position):  # only after a resume between checkpoints
                 next(self.stream)

@@ -7,8 +7,10 @@ stream yields ``pairs_per_scene`` random pairs (``sample_pairs``).
 Pairs and batches hold uint8 (H, W, 3) frames; ``to_float`` turns a batch into float (B, 3, H, W) tensors in
 [0, 1] on the training device. Every pair has its episode's ``instruction``. Where the data has actions, a
 pair's ``action`` is the sum of the actions from t to t+k (the net command) and ``action_chunk`` the
-``chunk`` actions from t (padded with the episode's last action); where it has latent codes, ``codes`` are
-those of frame t.
+``chunk`` actions from t (padded with the episode's last action); where it has proprio states, ``state`` is
+frame t's; where it has latent codes, ``codes`` are those of frame t. With a ``label_fraction`` (LAQ's action
+supervision), the training pairs of data with actions have ``labelled``: whether their scene is one of the
+fixed fraction whose actions the supervised loss may use (``is_labelled_scene``).
 """
 
 import hashlib
@@ -39,6 +41,13 @@ def scene_rank(scene: str, ranks: int) -> int:
     return int.from_bytes(digest[8:16], "big") % ranks
 
 
+def is_labelled_scene(scene: str, fraction: float) -> bool:
+    """Whether ``scene``'s actions are given to LAQ's supervised loss: a fixed hash (bytes of the digest that
+    neither the split nor the rank share use), so the same scenes are labelled in every step, run and rank."""
+    digest = hashlib.sha256(scene.encode()).digest()
+    return int.from_bytes(digest[16:24], "big") / 2**64 < fraction
+
+
 def scene_rng(scene: str) -> random.Random:
     """A generator fixed by the scene name (for the validation pairs)."""
     return random.Random(hashlib.sha256(scene.encode()).digest())
@@ -49,9 +58,11 @@ def valid_pairs(length: int, offsets: list[int]) -> list[tuple[int, int]]:
     return [(t, k) for k in offsets for t in range(length - k)]
 
 
-def make_pair(episode: Episode, t: int, k: int, chunk: int = 1) -> dict[str, Any]:
-    """Views of frames t and t+k (H, W, 3) with the instruction, actions and codes of frame t (see the module
-    docstring); ``collate`` copies once."""
+def make_pair(
+    episode: Episode, t: int, k: int, chunk: int = 1, label_fraction: float = 0.0
+) -> dict[str, Any]:
+    """Views of frames t and t+k (H, W, 3) with the instruction, actions and codes of frame t, and whether the
+    pair is labelled (see the module docstring); ``collate`` copies once."""
     pair = {
         "frame_t": episode.frames[t],
         "frame_tk": episode.frames[t + k],
@@ -60,20 +71,31 @@ def make_pair(episode: Episode, t: int, k: int, chunk: int = 1) -> dict[str, Any
     if episode.actions is not None:
         pair["action"] = episode.actions[t : t + k].sum(0, dtype=np.float32)
         pair["action_chunk"] = episode.actions[np.minimum(np.arange(t, t + chunk), len(episode.actions) - 1)]
+        if label_fraction > 0:
+            pair["labelled"] = np.bool_(is_labelled_scene(episode.scene, label_fraction))
+    if episode.states is not None:
+        pair["state"] = episode.states[t]
     if episode.codes is not None and t < len(episode.codes):  # codes label pairs at one offset only
         pair["codes"] = episode.codes[t]
     return pair
 
 
 def sample_pairs(
-    episode: Episode, offsets: list[int], count: int, rng: random.Random, chunk: int = 1
+    episode: Episode,
+    offsets: list[int],
+    count: int,
+    rng: random.Random,
+    chunk: int = 1,
+    label_fraction: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Up to ``count`` distinct random pairs of ``episode`` (none if it is shorter than every offset)."""
     candidates = valid_pairs(len(episode.frames), offsets)
-    return [make_pair(episode, t, k, chunk) for t, k in rng.sample(candidates, min(count, len(candidates)))]
+    picks = rng.sample(candidates, min(count, len(candidates)))
+    return [make_pair(episode, t, k, chunk, label_fraction) for t, k in picks]
 
 
-ARRAY_KEYS = ("action", "action_chunk", "codes")  # in a batch only if every pair has them
+# in a batch only if every pair has them
+ARRAY_KEYS = ("action", "action_chunk", "state", "codes", "labelled")
 
 
 def collate(pairs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -114,13 +136,14 @@ class FramePairs:
         max_samples: int | None = None,
         seed: int = 0,
         chunk: int = 1,
+        label_fraction: float = 0.0,
     ):
         longest = max((len(e.frames) for e in episodes), default=0)
         if longest <= min(offsets):
             raise ValueError(
                 f"data.offsets {offsets}: no episode is long enough (longest has {longest} frames)"
             )
-        self.episodes, self.chunk = episodes, chunk
+        self.episodes, self.chunk, self.label_fraction = episodes, chunk, label_fraction
         self.index = [
             (e, t, k) for e, ep in enumerate(episodes) for t, k in valid_pairs(len(ep.frames), offsets)
         ]
@@ -133,7 +156,7 @@ class FramePairs:
 
     def pair(self, i: int) -> dict[str, Any]:
         e, t, k = self.index[i]
-        return make_pair(self.episodes[e], t, k, self.chunk)
+        return make_pair(self.episodes[e], t, k, self.chunk, self.label_fraction)
 
     def batch(self, indices: torch.Tensor) -> dict[str, Any]:
         return collate([self.pair(int(i)) for i in indices])

@@ -7,7 +7,7 @@ section of its own (``rollout``). The stage's training logic (``laq.py``, ...) p
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt, model_validator
 
 from hlrp_lab.components.action_head import ACTION_HEADS
 from hlrp_lab.components.decoder import DECODERS
@@ -16,6 +16,7 @@ from hlrp_lab.components.latent_head import LATENT_HEADS
 from hlrp_lab.components.quantizer import QUANTIZERS
 from hlrp_lab.components.vla import VLAS
 from hlrp_lab.data.sources import DATA_SOURCES
+from hlrp_lab.env.metaworld_tasks import MAX_PATH_LENGTH
 from hlrp_lab.lib.registry import Registry, Strict
 from hlrp_lab.stages import STAGES
 
@@ -43,6 +44,60 @@ class StageConfig:
         return spec
 
 
+class AugmentConfig(Strict):
+    """A random resized crop and colour jitter, drawn per pair and applied alike to both frames of each training
+    pair (never to held-out pairs); data/augment.py."""
+
+    crop_scale: list[float] = Field(
+        [0.8, 1.0],
+        min_length=2,
+        max_length=2,
+        description="Area of the crop as a fraction of the frame: [min, max], in (0, 1].",
+    )
+    crop_ratio: list[float] = Field(
+        [3 / 4, 4 / 3],
+        min_length=2,
+        max_length=2,
+        description="Width / height of the crop: [min, max], drawn log-uniform.",
+    )
+    brightness: float = Field(0.2, ge=0, description="Brightness factor drawn from [1 - x, 1 + x].")
+    contrast: float = Field(0.2, ge=0, description="Contrast factor drawn from [1 - x, 1 + x].")
+    saturation: float = Field(0.2, ge=0, description="Saturation factor drawn from [1 - x, 1 + x].")
+    hue: float = Field(0.0, ge=0, le=0.5, description="Hue rotation drawn from [-x, x] turns.")
+
+    @model_validator(mode="after")
+    def check_ranges(self) -> "AugmentConfig":
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale {self.crop_scale}: give [min, max] with 0 < min <= max <= 1")
+        low, high = self.crop_ratio
+        if not 0 < low <= high:
+            raise ValueError(f"crop_ratio {self.crop_ratio}: give [min, max] with 0 < min <= max")
+        return self
+
+
+class LAQData(Strict):
+    augment: AugmentConfig | None = Field(
+        None,
+        description='Augment training pairs, e.g. {"crop_scale": [0.8, 1.0], "brightness": 0.2}; null: none.',
+    )
+
+
+class SupervisionConfig(Strict):
+    """A little action supervision (LAOM): the training pairs of a fixed fraction of the scenes keep their true
+    action, and an MLP on the latent action learns to predict it (standardised) in a supervised loss."""
+
+    fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of the training scenes whose pairs are labelled (a fixed hash of the scene "
+        "name: the same scenes in every step and run); 0: no supervision, no head.",
+    )
+    weight: float = Field(1.0, ge=0, description="Weight of the supervised action loss in the total loss.")
+    hidden: PositiveInt = Field(128, description="Width of the action head's hidden layer.")
+
+
 @STAGES.register_config("laq")
 class LAQConfig(StageConfig):
     families: ClassVar[dict[str, Registry]] = {
@@ -53,6 +108,7 @@ class LAQConfig(StageConfig):
     metric = "val_psnr"
     metric_mode = "max"
     graph_metrics = ("loss", "val_psnr", "psnr_gain", "latent_gain", "perplexity", "probe_r2")
+    sections: ClassVar[dict[str, type[BaseModel]]] = {"data": LAQData, "supervision": SupervisionConfig}
 
     @staticmethod
     def latent_codes(spec: dict) -> tuple[int, int | None]:
@@ -105,19 +161,36 @@ class FinetuneData(Strict):
         description="Actions t .. t+action_chunk-1 are the target of frame t (padded with the episode's last "
         "action).",
     )
+    use_state: bool = Field(
+        False,
+        description="Feed each frame's proprio state to the policy (Meta-World: hand xyz and gripper opening, "
+        "LeRobot's observation.state), in training from the shards and in closed loop from the simulator: "
+        "standardised, projected to the backbone's width and concatenated with the VLA features before the "
+        "action head. Needs shards with states.",
+    )
 
 
 class RolloutConfig(Strict):
     """Closed-loop evaluation in Meta-World, with the camera and image size of the data."""
 
     episodes: PositiveInt = Field(10, description="`eval` mode: episodes per task, with fixed seeds.")
-    max_steps: PositiveInt = Field(150, description="Steps per episode at most; an episode ends at success.")
+    max_steps: PositiveInt = Field(
+        MAX_PATH_LENGTH,
+        le=MAX_PATH_LENGTH,
+        description="Steps per episode at most (LeRobot's protocol: Meta-World's limit of 500); an episode ends "
+        "at success.",
+    )
     seed: NonNegativeInt = Field(
         1000, description="Evaluation seed: episode i of a task gets a seed from (seed, task, i)."
     )
     workers: PositiveInt = Field(2, description="Simulator processes stepping episodes in parallel.")
     videos: NonNegativeInt = Field(2, description="Episodes saved as mp4 in graph/.")
     tasks: list[str] | None = Field(None, description="Tasks to evaluate; null: every task in the data.")
+    n_action_steps: PositiveInt = Field(
+        1,
+        description="Actions of each predicted chunk executed before the policy predicts again (LeRobot's "
+        "n_action_steps; 1 re-plans every step, as SmolVLA's Meta-World evaluation); at most data.action_chunk.",
+    )
 
 
 @STAGES.register_config("finetune")

@@ -36,10 +36,12 @@ class CNNEncoder(nn.Module):
             )
         widths = [3 * channels, *config.channels]
         self.convs = nn.Sequential(*(conv_stage(a, b) for a, b in itertools.pairwise(widths)))
-        self.head = nn.Linear(config.channels[-1] * side * side, num_tokens * out_dim)
-        self.num_tokens = num_tokens
+        positions = 1 if config.pool == "mean" else side * side
+        self.head = nn.Linear(config.channels[-1] * positions, num_tokens * out_dim)
+        self.num_tokens, self.pool = num_tokens, config.pool
 
     def forward(self, frame_t: Tensor, frame_tk: Tensor) -> Tensor:
         """Two (B, C, H, W) frames -> (B, num_tokens, out_dim)."""
         features = self.convs(torch.cat([frame_t, frame_tk, frame_tk - frame_t], dim=1))
-        return self.head(features.flatten(1)).unflatten(1, (self.num_tokens, -1))
+        features = features.mean((2, 3)) if self.pool == "mean" else features.flatten(1)
+        return self.head(features).unflatten(1, (self.num_tokens, -1))

@@ -1,8 +1,8 @@
 """Encoder configs: the spec keys of each encoder (pydantic only, so that a spec is checked without torch)."""
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from hlrp_lab.components.encoder import ENCODERS
 from hlrp_lab.lib.registry import Strict
@@ -13,10 +13,17 @@ class CNNEncoderConfig(Strict):
     channels: list[PositiveInt] = Field(
         [32, 64, 128], min_length=1, description="Output channels of each stride-2 convolution stage."
     )
+    pool: Literal["flatten", "mean"] = Field(
+        "flatten",
+        description="flatten: the tokens read every position of the last feature map (where things moved); "
+        "mean: they read its average over positions, so the same motion anywhere in the frame gives the same "
+        "latent (a latent action that a linear probe maps to the true action).",
+    )
 
 
-@ENCODERS.register_config("ViTEncoder")
-class ViTEncoderConfig(Strict):
+class TransformerConfig(Strict):
+    """The keys of a ViT over image patches (the encoder's and the decoder's)."""
+
     patch_size: PositiveInt = Field(
         8, description="Side of the square image patches; must divide image_size."
     )
@@ -43,3 +50,13 @@ class ViTEncoderConfig(Strict):
             "batch_first": True,
             "norm_first": True,
         }
+
+
+@ENCODERS.register_config("ViTEncoder")
+class ViTEncoderConfig(TransformerConfig):
+    temporal_depth: NonNegativeInt = Field(
+        0,
+        description="0: `depth` layers of joint attention over both frames' patches and the action queries. "
+        "More: LAPA's spatio-temporal encoder, `depth` spatial layers within each frame, then this many "
+        "temporal layers across the two frames at each patch position; the queries read the change.",
+    )
