@@ -5,8 +5,16 @@ seed other than the training data's) and ends at its first success (Meta-World's
 ``max_steps`` steps. Environments and rendering live in the spawned worker processes of a gymnasium
 ``AsyncVectorEnv`` of ``MetaWorldEnv``, never in this one (Mesa's llvmpipe and torch's triton crash a process
 that loads both: see ``hlrp_lab.env.metaworld_sim``); this process runs the policy once per step on the batch
-of every active environment. An environment that finishes an episode starts the next one waiting, task by
-task, until every episode is done; those left without one idle (stepped, ignored) until the end.
+of the active environments that need a new plan. An environment that finishes an episode starts the next one
+waiting, task by task, until every episode is done; those left without one idle (stepped, ignored) until the
+end.
+
+A policy may return action chunks: each environment executes the first ``action_steps`` actions of its chunk
+before the policy sees it again (LeRobot's ``n_action_steps``; 1 re-plans every step), and a new episode
+starts with a new plan. Metrics: ``success_rate`` (0-1) and ``success/<task>``; LeRobot's ``pc_success``
+(0-100) overall, per task (``pc_success/<task>``) and per difficulty group of the tasks evaluated
+(``pc_success/<group>``), and ``pc_success_group_mean``, the mean of those groups' rates (the SmolVLA paper's
+Meta-World average).
 
 Frames are rendered by the data source's ``TaskSimulator``, so a policy sees exactly what it was trained on
 for the same ``image_size`` and ``camera``. Results are deterministic for a given policy, seed and number of
@@ -31,8 +39,15 @@ from gymnasium.vector.async_vector_env import _async_worker
 from tqdm import tqdm
 
 from hlrp_lab.env.metaworld_env import MetaWorldEnv
-from hlrp_lab.env.metaworld_sim import ACTION_SIZE, episode_seed, expert_action, import_mujoco, share_cores
-from hlrp_lab.env.metaworld_tasks import MAX_PATH_LENGTH, TASK_DESCRIPTIONS
+from hlrp_lab.env.metaworld_sim import (
+    ACTION_SIZE,
+    AGENT_STATE_SIZE,
+    episode_seed,
+    expert_action,
+    import_mujoco,
+    share_cores,
+)
+from hlrp_lab.env.metaworld_tasks import DIFFICULTY_GROUPS, MAX_PATH_LENGTH, TASK_DESCRIPTIONS, task_group
 from hlrp_lab.lib.errors import RunError, first_line
 from hlrp_lab.lib.world import World
 
@@ -49,8 +64,14 @@ class Observation:
     tasks: list[str]
     instructions: list[str]  # TASK_DESCRIPTIONS[task]
 
+    @property
+    def agent_states(self) -> np.ndarray:
+        """float32 (N, 4): hand xyz and gripper opening, LeRobot's ``observation.state`` (the data's states)."""
+        return self.states[:, :AGENT_STATE_SIZE]
 
-Policy = Callable[[Observation], np.ndarray]  # -> (N, 4) actions; the evaluator clips them to [-1, 1]
+
+# -> (N, 4) actions or (N, chunk, 4) action chunks; the evaluator clips them to [-1, 1]
+Policy = Callable[[Observation], np.ndarray]
 
 
 @dataclass
@@ -79,9 +100,10 @@ class Slot:
     job: Job | None = None
     steps: int = 0
     recorded: list[np.ndarray] = field(default_factory=list)
+    plan: deque[np.ndarray] = field(default_factory=deque)  # actions of the latest chunk still to execute
 
     def start(self, job: Job) -> None:
-        self.job, self.steps, self.recorded = job, 0, []
+        self.job, self.steps, self.recorded, self.plan = job, 0, [], deque()
 
     def observed(self, frame: np.ndarray) -> None:
         if self.job is not None and self.job.record:
@@ -162,7 +184,8 @@ def episode_jobs(tasks: list[str], episodes: int, seed: int, videos: int) -> lis
 
 
 def batch(observation: dict[str, np.ndarray], slots: list[Slot], active: list[int]) -> Observation:
-    """The policy's batch: the active environments' rows (copied out of the vector's shared memory)."""
+    """The policy's batch: the rows of the environments ``active`` (copied out of the vector's shared
+    memory)."""
     tasks = [job.task for i in active if (job := slots[i].job) is not None]
     return Observation(
         frames=observation["frame"][active],
@@ -172,12 +195,20 @@ def batch(observation: dict[str, np.ndarray], slots: list[Slot], active: list[in
     )
 
 
-def checked_actions(actions: np.ndarray, count: int) -> np.ndarray:
-    """The policy's actions clipped to [-1, 1] as float32, as the dataset records the expert's."""
+def checked_actions(actions: np.ndarray, count: int, steps: int = 1) -> np.ndarray:
+    """The first ``steps`` actions of the policy's chunks, (count, steps, 4) float32 clipped to [-1, 1] as the
+    dataset records the expert's; single actions (count, 4) are chunks of one."""
     actions = np.asarray(actions, dtype=np.float64)
-    if actions.shape != (count, 4) or not np.isfinite(actions).all():
-        raise ValueError(f"the policy must return finite ({count}, 4) actions, got shape {actions.shape}")
-    return np.clip(actions, -1.0, 1.0).astype(np.float32)
+    chunks = actions[:, None] if actions.ndim == 2 else actions
+    shape = chunks.shape
+    if len(shape) != 3 or shape[0] != count or shape[1] < steps or shape[2] != ACTION_SIZE:
+        raise ValueError(
+            f"the policy must return finite ({count}, 4) actions or ({count}, chunk, 4) chunks of at least "
+            f"{steps} actions (those executed per prediction), got shape {actions.shape}"
+        )
+    if not np.isfinite(chunks).all():
+        raise ValueError(f"the policy must return finite ({count}, 4) actions, got NaN or infinity")
+    return np.clip(chunks[:, :steps], -1.0, 1.0).astype(np.float32)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
@@ -200,10 +231,21 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> N
 
 
 def metrics(results: list[Result], tasks: list[str]) -> dict[str, float]:
+    """Success over every episode, per task and per difficulty group (the groups of ``tasks``), as rates and as
+    LeRobot's percentages; the mean episode length and the number of episodes."""
     success = {task: [r.success for r in results if r.job.task == task] for task in tasks}
+    grouped = {
+        group: [s for task in tasks if task_group(task) == group for s in success[task]]
+        for group in DIFFICULTY_GROUPS
+    }
+    groups = {group: 100 * float(np.mean(values)) for group, values in grouped.items() if values}
     return {
         "success_rate": float(np.mean([r.success for r in results])),
         **{f"success/{task}": float(np.mean(values)) for task, values in success.items()},
+        "pc_success": 100 * float(np.mean([r.success for r in results])),
+        **{f"pc_success/{task}": 100 * float(np.mean(values)) for task, values in success.items()},
+        **{f"pc_success/{group}": rate for group, rate in groups.items()},
+        "pc_success_group_mean": float(np.mean(list(groups.values()))),
         "episode_length": float(np.mean([r.steps for r in results])),
         "episodes": float(len(results)),
     }
@@ -219,17 +261,24 @@ def evaluate_policy(
     max_steps: int,
     seed: int,
     workers: int,
+    action_steps: int = 1,
     videos: int = 0,
     video_prefix: Path | None = None,
 ) -> dict[str, float]:
-    """Success rate (mean and per task) and mean episode length of ``policy`` over ``episodes`` seeded episodes
-    per task, run in ``workers`` spawned processes; the first ``videos`` episodes (one per task first) are
-    written as ``{video_prefix}_{task}_{i}.mp4`` (``video_prefix``: a folder and the start of a file name)."""
+    """Success (``metrics``) and mean episode length of ``policy`` over ``episodes`` seeded episodes per task,
+    run in ``workers`` spawned processes, ``action_steps`` actions of each predicted chunk executed before the
+    next prediction; the first ``videos`` episodes (one per task first) are written as
+    ``{video_prefix}_{task}_{i}.mp4`` (``video_prefix``: a folder and the start of a file name)."""
     unknown = [task for task in tasks if task not in TASK_DESCRIPTIONS]
-    if unknown or not tasks or episodes < 1 or workers < 1 or not 1 <= max_steps <= MAX_PATH_LENGTH:
+    if (
+        unknown
+        or not tasks
+        or min(episodes, workers, action_steps) < 1
+        or not 1 <= max_steps <= MAX_PATH_LENGTH
+    ):
         raise ValueError(
-            f"evaluate_policy: need known tasks (unknown: {unknown}), episodes >= 1, workers >= 1 and "
-            f"1 <= max_steps <= {MAX_PATH_LENGTH}"
+            f"evaluate_policy: need known tasks (unknown: {unknown}), episodes, workers and action_steps >= 1 "
+            f"and 1 <= max_steps <= {MAX_PATH_LENGTH}"
         )
     if videos and video_prefix is None:
         raise ValueError("evaluate_policy: videos need a video_prefix")
@@ -243,7 +292,14 @@ def evaluate_policy(
         observation = start_next(envs, slots, list(range(len(slots))), pending)
         actions = np.zeros((len(slots), ACTION_SIZE), np.float32)  # an idle environment ignores its row
         while active := [i for i, slot in enumerate(slots) if slot.job is not None]:
-            actions[active] = checked_actions(policy(batch(observation, slots, active)), len(active))
+            if planning := [i for i in active if not slots[i].plan]:
+                chunks = checked_actions(
+                    policy(batch(observation, slots, planning)), len(planning), action_steps
+                )
+                for i, chunk in zip(planning, chunks, strict=True):
+                    slots[i].plan.extend(chunk)
+            for i in active:
+                actions[i] = slots[i].plan.popleft()
             observation, _, terminated, truncated, _ = guarded(envs, slots, partial(envs.step, actions))
             done = []
             for i in active:

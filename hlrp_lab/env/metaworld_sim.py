@@ -9,8 +9,9 @@ Rendering: MuJoCo offscreen on the CPU through ``MUJOCO_GL`` (egl when unset; os
 keeps one ``mujoco.Renderer`` drawing ``image_size`` frames straight into a framebuffer of that size without
 multisampling, shadows or reflections: about 7 ms a 64x64 frame against 75-100 ms for gymnasium's
 ``env.render()`` (``benchmarks/metaworld_render.py``). Meta-World's corner cameras are upside-down: their
-frames are rotated by 180 degrees. ``corner4`` is the closer view LeRobot uses (its "corner2" moved to
-corner4's position).
+frames are rotated by 180 degrees (LeRobot flips its "corner2" frames on both axes: the same). ``corner4`` is
+the view LeRobot's Meta-World environment renders: its "corner2" moved to corner4's position
+(``metaworld_tasks.LEROBOT_CAMERA``).
 
 Never render in a process that imports torch: Mesa's llvmpipe loads its own LLVM, and a later import of triton
 (which torch imports lazily, e.g. through torch.compile or einx) then crashes the process with a segmentation
@@ -36,6 +37,7 @@ GL_PACKAGES = (
     "MUJOCO_GL=egl needs the Debian packages libegl1 libegl-mesa0 libgl1-mesa-dri; osmesa needs libosmesa6"
 )
 STATE_SIZE = 39  # Meta-World's goal-observable observation
+AGENT_STATE_SIZE = 4  # its first 4 values, hand xyz and gripper opening: LeRobot's observation.state
 ACTION_SIZE = 4  # hand xyz displacement, gripper effort
 
 
@@ -94,7 +96,7 @@ class ExpertRollout:
     seed: int
     frames: np.ndarray  # uint8 (T, H, W, 3)
     actions: np.ndarray  # float32 (T-1, 4), clipped to [-1, 1]
-    states: np.ndarray  # float32 (T, 4): obs[:4], hand xyz and gripper opening
+    states: np.ndarray  # float32 (T, 4): obs[:AGENT_STATE_SIZE], hand xyz and gripper opening
     success: np.ndarray  # bool (T,): info["success"] of the step that led to the frame (False at frame 0)
 
 
@@ -136,14 +138,14 @@ class TaskSimulator:
         """The expert from ``seed``: ``after_success`` steps after its first success (None: never stops
         early), ``max_steps`` steps at most."""
         obs = self.reset(seed)
-        frames, actions, states, success = [self.render()], [], [obs[:4]], [False]
+        frames, actions, states, success = [self.render()], [], [obs[:AGENT_STATE_SIZE]], [False]
         stop = max_steps
         while len(actions) < stop:
             action = expert_action(self.policy, obs)
             obs, solved = self.step(action)
             frames.append(self.render())
             actions.append(action)
-            states.append(obs[:4])
+            states.append(obs[:AGENT_STATE_SIZE])
             success.append(solved)
             if solved and after_success is not None:
                 stop = min(stop, len(actions) + after_success)  # later successes never extend it

@@ -1,4 +1,10 @@
-"""Meta-World's tasks: v3 names, descriptions (the instructions), the MT50 difficulty sets, cameras."""
+"""Meta-World's tasks: v3 names, descriptions (the instructions), the MT50 difficulty groups, cameras, and the
+published success rates a study compares with.
+
+Descriptions and difficulty groups are LeRobot's (``src/lerobot/envs/metaworld_config.json``,
+``TASK_DESCRIPTIONS`` and ``DIFFICULTY_TO_TASKS``, huggingface/lerobot at commit 7427f31), so that
+``pc_success/<group>`` means what it means in LeRobot's and SmolVLA's Meta-World results (docs/METAWORLD.md).
+"""
 
 from typing import Literal
 
@@ -54,6 +60,8 @@ TASK_DESCRIPTIONS = {
     "window-close-v3": "Push and close a window",
     "window-open-v3": "Push and open a window",
 }
+# LeRobot's DIFFICULTY_TO_TASKS (see the module docstring): 28, 11, 6 and 5 tasks, together MT50.
+DIFFICULTY_GROUPS = ("easy", "medium", "hard", "very_hard")
 TASK_SETS = {
     "easy": [
         *(
@@ -90,7 +98,21 @@ TASK_SETS = {
 }
 # The cameras of Meta-World's scene (xyz_base.xml); the corner ones render upside-down.
 Camera = Literal["corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV"]
-MAX_PATH_LENGTH = 500  # Meta-World refuses to step an episode further
+# LeRobot's Meta-World image: its "corner2" camera moved to (0.75, 0.075, 0.7), which is corner4's pose (same
+# orientation and field of view: the same pixels), flipped on both axes as the lab flips every corner camera.
+LEROBOT_CAMERA = "corner4"
+MAX_PATH_LENGTH = (
+    500  # Meta-World refuses to step an episode further; LeRobot's episodes run this long at most
+)
+# Published Meta-World success (%) to print beside ours: the SmolVLA paper's (Shukor et al. 2025,
+# arXiv:2506.01844) Meta-World average over MT50: the mean of the four difficulty groups' success rates
+# (compare ``pc_success_group_mean``).
+ANCHORS = {"SmolVLA (0.45B)": 57.3, "pi0 (3.3B)": 47.9}
+
+
+def task_group(task: str) -> str:
+    """The difficulty group (``DIFFICULTY_GROUPS``) of a Meta-World v3 task."""
+    return next(group for group in DIFFICULTY_GROUPS if task in TASK_SETS[group])
 
 
 def resolve_tasks(tasks: str) -> list[str]:

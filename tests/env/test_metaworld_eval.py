@@ -73,7 +73,7 @@ def test_the_policy_sees_what_the_dataset_renders(expert):
     config = MetaWorldConfig(tasks="reach-v3", episodes=2, max_steps=1, seed=SETTINGS["seed"])
     episodes = list(MetaWorldSource(config, image_size=32).episodes())
     np.testing.assert_array_equal(first.frames, np.stack([e.frames[0] for e in episodes]))
-    np.testing.assert_array_equal(first.states[:, :4], np.stack([e.states[0] for e in episodes]))
+    np.testing.assert_array_equal(first.agent_states, np.stack([e.states[0] for e in episodes]))
     assert all(len(obs.tasks) <= 2 for obs in recorder.observations)  # never more than the workers
 
 
@@ -129,8 +129,16 @@ def test_a_dead_worker_names_its_episode():
 
 
 def test_actions_are_checked_and_clipped():
-    np.testing.assert_array_equal(checked_actions(np.array([[2.0, -3.0, 0.5, 0.0]]), 1), [[1, -1, 0.5, 0]])
+    np.testing.assert_array_equal(checked_actions(np.array([[2.0, -3.0, 0.5, 0.0]]), 1), [[[1, -1, 0.5, 0]]])
     assert checked_actions(np.zeros((2, 4)), 2).dtype == np.float32
-    for bad in (np.zeros((1, 3)), np.zeros((2, 4)), np.full((1, 4), np.nan)):
+    chunks = np.arange(24, dtype=float).reshape(2, 3, 4) / 100
+    np.testing.assert_array_equal(checked_actions(chunks, 2, steps=2), chunks[:, :2].astype(np.float32))
+    for bad in (
+        np.zeros((1, 3)),
+        np.zeros((2, 4)),
+        np.full((1, 4), np.nan),
+        np.zeros(4),
+        np.zeros((1, 1, 4)),
+    ):
         with pytest.raises(ValueError, match=r"\(1, 4\) actions"):
-            checked_actions(bad, 1)
+            checked_actions(bad, 1, steps=1 if bad.ndim < 3 else 2)

@@ -8,7 +8,8 @@ Episodes: episode ``i`` of a task has the seed ``episode_seed(seed, task, i)``, 
 positions (Meta-World's random reset vector), so a config regenerates identical episodes whatever ``workers``
 and whichever other tasks it lists. The expert acts on the goal-observable observation; its action, clipped
 to [-1, 1], is recorded (float32: hand xyz displacement, gripper effort). ``states`` are the proprio part of
-the observation, ``obs[:4]``: hand xyz and gripper opening (float32). ``success[t]`` is ``info["success"]``
+the observation, ``obs[:4]``: hand xyz and gripper opening (float32), LeRobot's ``observation.state`` and what
+the closed-loop evaluator hands a policy (``Observation.agent_states``). ``success[t]`` is ``info["success"]``
 of the step that led to frame ``t`` (False at frame 0). An episode ends ``after_success`` steps after its
 first success or after ``max_steps`` steps; episodes the expert fails are kept (``success`` all False).
 
