@@ -4,6 +4,10 @@ Data: shards labelled with an LAQ run's codes (``hlrp-lab data label``, or a ``l
 and cached on first use). Metrics on held-out scenes: per-token accuracy, top-3 accuracy (the LAQ code among the
 three highest scored) and whole-action exact match, against the majority baseline (the most frequent code of
 each token, and the most frequent whole action, among training pairs).
+
+The latent head decides how the codes are predicted (``model.latent_head``): ``CodeQueries`` in one pass from
+learned queries, ``ActTokens`` as tokens decoded one after another (teacher-forced on the true codes in
+training, greedy in evaluation, so the held-out metrics score what the model decodes by itself).
 """
 
 from collections import Counter
@@ -101,19 +105,21 @@ class FoundationStage(VLAStage):
         logger.info(f"latent actions of {self.labels['laq_run']} (offset {self.labels['offset']})")
 
     def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.model(batch["frame_t"], batch["instruction"])
+        logits = self.model(batch["frame_t"], batch["instruction"], batch["codes"])
         loss = F.cross_entropy(logits.flatten(0, 1), batch["codes"].flatten())
         accuracy = (logits.argmax(-1) == batch["codes"]).float().mean()
         return loss, {"token_acc": accuracy.detach()}
 
     def evaluate(self) -> dict[str, float]:
-        logits = self.logits(self.data.val)
-        codes = torch.from_numpy(self.data.val["codes"]).to(logits.device)
+        val = self.data.val
+        logits = self.logits(val)
+        codes = torch.from_numpy(val["codes"]).to(logits.device)
         predicted, ranks = logits.argmax(-1), true_code_ranks(logits, codes)
         self.val_predicted, self.val_ranks = predicted.cpu().numpy(), ranks.cpu().numpy()
         correct = predicted == codes
+        nll = F.cross_entropy(self.scored_logits(val, logits).flatten(0, 1), codes.flatten())
         return {
-            "val_loss": F.cross_entropy(logits.flatten(0, 1), codes.flatten()).item(),
+            "val_loss": nll.item(),
             "val_token_acc": correct.float().mean().item(),
             f"val_top{TOP_K}_acc": (ranks < TOP_K).float().mean().item(),
             "val_exact_match": correct.all(1).float().mean().item(),
@@ -122,8 +128,17 @@ class FoundationStage(VLAStage):
         }
 
     def logits(self, pairs: dict[str, Any]) -> torch.Tensor:
-        """Latent-code logits (N, K, C) of held-out ``pairs``, in batches."""
+        """Latent-code logits (N, K, C) of held-out ``pairs``, in batches: what the model predicts by itself."""
         return in_batches(self.model, pairs["frame_t"], pairs["instruction"], self.batch_size, self.device)
+
+    def scored_logits(self, pairs: dict[str, Any], logits: torch.Tensor) -> torch.Tensor:
+        """The logits ``val_loss`` scores, so that it is the true codes' negative log-likelihood: teacher-forced
+        for a head that decodes the codes one after another (its greedy logits are conditioned on its own
+        guesses), ``logits`` themselves for one that predicts them all at once."""
+        if not self.model.latent_head.teacher_forced:
+            return logits
+        frames, instructions = pairs["frame_t"], pairs["instruction"]
+        return in_batches(self.model, frames, instructions, self.batch_size, self.device, pairs["codes"])
 
     def draw(self, folder: Path, prefix: str) -> list[Path]:
         """The confusion matrix of each token and the top-k accuracy curves of the latest evaluation (drawn from

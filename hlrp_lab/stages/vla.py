@@ -3,7 +3,8 @@
 The tokenizer is made once per trial (``prepare_tokenizer``) and saved in the run's
 ``RunLayout.tokenizer(trial)`` folder:
 the pretrained model's own, or a word-level one built from the data's instructions; either way with the
-latent head's query tokens added. Sessions, resumed runs, evaluation and later stages load it from there.
+latent head's tokens added (``CodeQueries``' query tokens, ``ActTokens``' code tokens). Sessions, resumed runs,
+evaluation and later stages load it from there.
 """
 
 import shutil
@@ -18,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from hlrp_lab.components.latent_head import LATENT_HEADS
+from hlrp_lab.components.latent_head.base import Backbone, LatentHead
 from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.tokenizer import (
     load_tokenizer,
@@ -62,61 +64,68 @@ class VLAStage(Stage):
 
 
 class LatentActionVLA(nn.Module):
-    """A VLA backbone and a latent head: the last hidden states of the query tokens appended to the prompt
-    are the model's latent-action features."""
+    """A VLA backbone and a latent head, which decides how the backbone is run: the K hidden states it returns
+    (``query_states``) are the model's latent-action features."""
 
-    def __init__(self, backbone: nn.Module, latent_head: nn.Module, query_tokens: list[str]):
+    def __init__(self, backbone: Backbone, latent_head: LatentHead):
         super().__init__()
         self.backbone, self.latent_head = backbone, latent_head
-        self.suffix, self.num_queries = "".join(query_tokens), len(query_tokens)
+        self.suffix, self.num_queries = latent_head.suffix, latent_head.num_tokens
 
     def query_states(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
         """(B, K, hidden) for frames (B, 3, H, W) in [0, 1] and their instructions."""
-        ids, mask = self.backbone.encode(instructions, self.suffix)
-        return self.backbone(frames, ids, mask)[:, -self.num_queries :]
+        return self.latent_head.query_states(self.backbone, frames, instructions)
 
-    def forward(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
-        """Latent-code logits (B, K, codebook_size)."""
-        return self.latent_head(self.query_states(frames, instructions).float())
+    def forward(
+        self, frames: torch.Tensor, instructions: list[str], codes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Latent-code logits (B, K, codebook_size); ``codes`` (B, K), the true codes in training, let a head
+        that decodes them one after another condition on them (teacher forcing)."""
+        return self.latent_head.logits(self.backbone, frames, instructions, codes)
 
 
 def in_batches(
-    fn: Callable[[torch.Tensor, list[str]], torch.Tensor],
+    fn: Callable[..., torch.Tensor],
     frames: np.ndarray,
     instructions: list[str],
     batch_size: int,
     device: torch.device,
+    codes: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """``fn(frames, instructions)`` over uint8 frames (N, H, W, 3), ``batch_size`` at a time, as float."""
+    """``fn(frames, instructions)`` over uint8 frames (N, H, W, 3), ``batch_size`` at a time, as float; with
+    ``codes`` (N, K), ``fn(frames, instructions, codes)``."""
     parts = []
     for start in range(0, len(frames), batch_size):
-        batch = to_float({"frame_t": frames[start : start + batch_size]}, device)
-        parts.append(fn(batch["frame_t"], instructions[start : start + batch_size]).float())
+        end = start + batch_size
+        batch = to_float({"frame_t": frames[start:end]}, device)
+        extra = () if codes is None else (torch.from_numpy(codes[start:end]).to(device),)
+        parts.append(fn(batch["frame_t"], instructions[start:end], *extra).float())
     return torch.cat(parts)
 
 
-def query_tokens(spec: dict) -> list[str]:
-    return LATENT_HEADS.config(spec["model"]["latent_head"], "model.latent_head").query_tokens()
+def added_tokens(spec: dict) -> list[str]:
+    """The latent head's tokens, added to the tokenizer (their embedding rows train, under LoRA too)."""
+    return LATENT_HEADS.config(spec["model"]["latent_head"], "model.latent_head").added_tokens()
 
 
 def build_vla(spec: dict, tokenizer: PreTrainedTokenizerBase) -> LatentActionVLA:
     backbone = VLAS.build(
-        spec["model"]["vla"], "model.vla", tokenizer=tokenizer, query_tokens=query_tokens(spec)
+        spec["model"]["vla"], "model.vla", tokenizer=tokenizer, query_tokens=added_tokens(spec)
     )
     head = LATENT_HEADS.build(
         spec["model"]["latent_head"], "model.latent_head", hidden_size=backbone.hidden_size
     )
-    return LatentActionVLA(backbone, head, query_tokens(spec))
+    return LatentActionVLA(backbone, head)
 
 
 def placeholder_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
-    """A tokenizer with the special and query tokens only: enough to dry-build a model from a config."""
-    return with_tokens(local_tokenizer([]), query_tokens(spec))
+    """A tokenizer with the special and latent head tokens only: enough to dry-build a model from a config."""
+    return with_tokens(local_tokenizer([]), added_tokens(spec))
 
 
 def tokenizer_dir(spec: dict) -> Path:
-    """The trial's tokenizer folder (``RunLayout.tokenizer``): per trial, since a search may vary the query
-    tokens."""
+    """The trial's tokenizer folder (``RunLayout.tokenizer``): per trial, since a search may vary the latent
+    head's tokens."""
     return RunLayout.of(spec).tokenizer(spec["meta"]["trial"])
 
 
@@ -143,7 +152,7 @@ def prepare_tokenizer(spec: dict, urls: list[str], reference: RunReference | Non
         instructions = data_instructions(urls)
         tokenizer = local_tokenizer(instructions)
         logger.info(f"tokenizer: {len(tokenizer)} tokens from {len(instructions)} distinct instructions")
-    save_tokenizer(with_tokens(tokenizer, query_tokens(spec)), directory)
+    save_tokenizer(with_tokens(tokenizer, added_tokens(spec)), directory)
 
 
 def run_tokenizer(spec: dict) -> PreTrainedTokenizerBase:
