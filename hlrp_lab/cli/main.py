@@ -12,6 +12,8 @@ import typer
 
 from hlrp_lab.cli.data import data_app
 from hlrp_lab.cli.errors import cli_errors
+from hlrp_lab.cli.evaluate import eval_policy
+from hlrp_lab.cli.pipeline import pipeline
 from hlrp_lab.cli.plot import plot, plot_list
 from hlrp_lab.cli.remote import run_remote
 from hlrp_lab.cli.report import report
@@ -200,6 +202,7 @@ def spec_check(
 
     with cli_errors():
         from hlrp_lab.spec.check import check_unresolved
+        from hlrp_lab.spec.pipeline import check_unresolved_pipeline, is_pipeline
 
         if build:
             from hlrp_lab.experiment.build import dry_build
@@ -219,9 +222,12 @@ def spec_check(
         for name, spec in specs.items():
             try:
                 check_name(name, "spec name")
-                checked = check_unresolved(spec)
-                if build:
-                    dry_build(checked)
+                if is_pipeline(spec):  # a pipeline (specs/pipeline.json): its steps' specs
+                    check_unresolved_pipeline(spec)
+                else:
+                    checked = check_unresolved(spec)
+                    if build:
+                        dry_build(checked)
             except SpecError as err:
                 typer.echo(f"FAIL {spec_file} {name}: {err}")
                 failures += 1
@@ -287,6 +293,7 @@ def spec_keys(
         typer.echo(f"updated {update}")
 
 
+app.command("pipeline")(pipeline)
 app.command("run-remote")(run_remote)
 app.command("push")(push)
 app.command("pull")(pull)
@@ -294,6 +301,7 @@ app.command("list")(list_runs)
 app.command("plot")(plot)
 app.command("plot-list")(plot_list)
 app.command("report")(report)
+app.command("eval-policy")(eval_policy)
 
 
 @app.command("merge-lora")

@@ -1,5 +1,6 @@
 """``hlrp-lab run-remote``: a run on a cloud machine through dstack (its results come back through the Hub), on
-several GPU nodes through dstack (``--nodes``), or on a Slurm cluster (``--slurm``, hlrp_lab/cli/slurm.py).
+several GPU nodes through dstack (``--nodes``), a whole pipeline with its runs on a dstack volume
+(``--pipeline``), or on a Slurm cluster (``--slurm``, hlrp_lab/cli/slurm.py).
 
 The spec is checked here first, in this process and without torch: every framework key, component and search
 entry, and the batch split over the job's ranks, so that this command stays light and gives the errors
@@ -32,7 +33,10 @@ REMOTE_MODES = ("dev", "train", "search")
 NOT_SET = "(not set)"
 RUN_REFERENCE_KEYS = ("train.init_from", "data.source.laq")  # runs a later stage starts from
 MULTINODE_CONFIG = "run-gpu-multinode.yml"
-NODES, SLURM = "Nodes", "Slurm (--slurm)"  # help panels
+NODES, SLURM, PIPELINE = "Nodes", "Slurm (--slurm)", "Pipeline (--pipeline)"  # help panels
+DEFAULT_VOLUME = "hlrp-data"
+REMOTE_DATA = "/workflow/data"  # where a pipeline's volume is mounted: the data/ of the remote checkout
+RUN_COMMAND, PIPELINE_COMMAND = "hlrp-lab run ", "hlrp-lab pipeline "
 
 
 def run_remote(
@@ -124,10 +128,30 @@ def run_remote(
             "--upload-hf", help="Upload the results to the Hub too (HF_REPO).", rich_help_panel=SLURM
         ),
     ] = False,
+    pipeline: Annotated[
+        bool,
+        typer.Option(
+            "--pipeline",
+            help="SPEC_FILE and SPEC_NAME name a pipeline (specs/pipeline.json): run `hlrp-lab pipeline` (MODE "
+            "train or dev) with data/ on a dstack volume.",
+            rich_help_panel=PIPELINE,
+        ),
+    ] = False,
+    volume: Annotated[
+        str | None,
+        typer.Option(
+            help=f"--pipeline: the dstack volume mounted at {REMOTE_DATA}, where the runs stay and are reused "
+            f"(default: {DEFAULT_VOLUME}).",
+            rich_help_panel=PIPELINE,
+        ),
+    ] = None,
 ) -> None:
     """Launch `hlrp-lab run SPEC_FILE SPEC_NAME MODE --upload-hf` on a cloud machine with dstack (several GPU
-    nodes with --nodes), or submit it to a Slurm cluster with --slurm."""
+    nodes with --nodes; `hlrp-lab pipeline` with --pipeline), or submit it to a Slurm cluster with --slurm."""
     sets = sets or []
+    if pipeline or volume is not None:
+        with cli_errors():
+            check_pipeline_options(pipeline, volume, slurm, nodes, gpus_per_node)
     if slurm:
         with cli_errors():
             check_mode(mode)
@@ -170,8 +194,31 @@ def run_remote(
                 "--upload-hf": upload_hf or None,
             }
         )
-        plan = dstack_plan(gpu, mode, nodes, gpus_per_node)
+        if pipeline:
+            from hlrp_lab.spec.pipeline import check_pipeline_mode
+
+            check_pipeline_mode(mode)
+            plan = DstackPlan(dstack_config(gpu, "train"), volume=volume or DEFAULT_VOLUME)
+        else:
+            plan = dstack_plan(gpu, mode, nodes, gpus_per_node)
     launch_dstack(plan, spec_file, spec_name, mode, name, sets, dry_run)
+
+
+def check_pipeline_options(
+    pipeline: bool, volume: str | None, slurm: bool, nodes: int, gpus_per_node: int | None
+) -> None:
+    """--pipeline is one dstack task on one machine; --volume goes with it."""
+    if not pipeline:
+        raise SpecError(f"--volume {volume}: the volume of a pipeline's runs; add --pipeline")
+    if slurm:
+        raise SpecError(
+            "--pipeline: launched through dstack, its runs on a dstack volume; on Slurm, run `hlrp-lab pipeline` "
+            "in your own sbatch script"
+        )
+    if nodes > 1 or gpus_per_node is not None:
+        raise SpecError(
+            "--pipeline: its steps run one after another on one machine; drop --nodes and --gpus-per-node"
+        )
 
 
 def check_mode(mode: str) -> None:
@@ -189,11 +236,16 @@ def refuse_slurm_options(options: dict[str, object]) -> None:
 @dataclass(frozen=True)
 class DstackPlan:
     """The config a dstack run applies, and for a multi-node run the nodes and GPUs per node to write into a
-    copy of it."""
+    copy of it; for a pipeline, the volume its copy mounts."""
 
     config: Path
     nodes: int = 1
     gpus_per_node: int | None = None
+    volume: str | None = None
+
+    @property
+    def pipeline(self) -> bool:
+        return self.volume is not None
 
     @property
     def multinode(self) -> bool:
@@ -248,12 +300,13 @@ def launch_dstack(
             raise SpecError(
                 f"-n {run_name!r}: dstack run names are 2-41 of a-z, 0-9 and -, starting with a letter"
             )
-        ranks = plan.ranks if plan.multinode else None
         if dry_run:
-            check_spec_locally(relative, spec_name, mode, sets, ranks)
+            check_plan_locally(plan, relative, spec_name, mode, sets)
             show_launch(apply_args(plan.config, run_name), launch_env(relative, spec_name, mode, sets), sets)
             if plan.multinode:
                 typer.echo(f"config: a copy of {plan.config} with {multinode_changes(plan)}")
+            if plan.pipeline:
+                typer.echo(f"config: a copy of {plan.config} with {pipeline_changes(plan)}")
             return
         target = hub_target()
         dstack = shutil.which("dstack")
@@ -261,19 +314,77 @@ def launch_dstack(
             raise SpecError(
                 "dstack is not installed; install it with `uv tool install dstack` and run `dstack init`"
             )
-        check_spec_locally(relative, spec_name, mode, sets, ranks)  # last: the slowest check
+        check_plan_locally(plan, relative, spec_name, mode, sets)  # last: the slowest check
     env = {**launch_env(relative, spec_name, mode, sets), "HF_TOKEN": target.token, "HF_REPO": target.repo}
     with tempfile.TemporaryDirectory(prefix="hlrp-dstack-") as folder:
-        config = write_multinode_config(plan, Path(folder)) if plan.multinode else plan.config
-        command = [dstack, *apply_args(config, run_name)]
+        command = [dstack, *apply_args(plan_config(plan, Path(folder)), run_name)]
         typer.echo(f"launching {run_name}: {shlex.join(command)}")
         completed = subprocess.run(command, env={**os.environ, **env}, check=False)
     if completed.returncode != 0:
         typer.echo(f"error: dstack apply exited with code {completed.returncode}", err=True)
         raise typer.Exit(completed.returncode)
-    typer.echo(
-        f"follow it with `dstack logs {run_name}`; results go to {target.repo}: `hlrp-lab pull {spec_name}`"
-    )
+    pulled = "`hlrp-lab pull SPEC` for each of its specs" if plan.pipeline else f"`hlrp-lab pull {spec_name}`"
+    typer.echo(f"follow it with `dstack logs {run_name}`; results go to {target.repo}: {pulled}")
+
+
+def plan_config(plan: DstackPlan, folder: Path) -> Path:
+    """The config to apply: the plan's own, or a copy of it written into ``folder`` (several nodes, a
+    pipeline)."""
+    if plan.multinode:
+        return write_multinode_config(plan, folder)
+    if plan.pipeline:
+        return write_pipeline_config(plan, folder)
+    return plan.config
+
+
+def check_plan_locally(plan: DstackPlan, spec_file: Path, spec_name: str, mode: str, sets: list[str]) -> None:
+    """A pipeline's checks, or a spec's (for the plan's ranks)."""
+    if plan.pipeline:
+        check_pipeline_locally(spec_file, spec_name, sets)
+    else:
+        check_spec_locally(spec_file, spec_name, mode, sets, plan.ranks if plan.multinode else None)
+
+
+def check_pipeline_locally(spec_file: Path, name: str, sets: list[str]) -> None:
+    """What `hlrp-lab pipeline` checks before its first step (every step's spec, no torch), and that each step's
+    spec file lies inside this checkout (dstack uploads it). Runs under data/ are fine: data/ is the volume."""
+    from hlrp_lab.spec.pipeline import check_steps, read_pipeline
+    from hlrp_lab.spec.spec_util import parse_sets
+
+    pipeline = read_pipeline(spec_file, name, parse_sets(sets))
+    for step_name, step in pipeline.steps.items():
+        if step.spec_file is not None:
+            try:
+                project_path(Path(step.spec_file))
+            except SpecError as err:
+                raise SpecError(f"steps.{step_name}.spec_file: {err}") from None
+    check_steps(pipeline)
+
+
+def pipeline_changes(plan: DstackPlan) -> str:
+    """What ``write_pipeline_config`` changes, for --dry-run."""
+    files = f"{Path.cwd().resolve()}:/workflow"
+    return f"volumes: {plan.volume}:{REMOTE_DATA}, {PIPELINE_COMMAND.strip()} instead of run, files: {files}"
+
+
+def write_pipeline_config(plan: DstackPlan, folder: Path) -> Path:
+    """A copy of the plan's config in ``folder`` whose last command runs ``hlrp-lab pipeline`` instead of
+    ``hlrp-lab run``, with the volume mounted at the checkout's data/ (the runs stay there, and a relaunch reuses
+    them) and this checkout uploaded by its absolute path."""
+    import yaml
+
+    config = yaml.safe_load(plan.config.read_text())
+    command = config["commands"][-1]
+    if RUN_COMMAND not in command:
+        raise SpecError(
+            f"{plan.config}: its last command does not run `{RUN_COMMAND.strip()}`; restore the file"
+        )
+    config["commands"][-1] = command.replace(RUN_COMMAND, PIPELINE_COMMAND, 1)
+    config["volumes"] = [{"name": plan.volume, "path": REMOTE_DATA}]
+    config["files"] = [f"{Path.cwd().resolve()}:/workflow"]
+    path = folder / plan.config.name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def config_gpus(config: Path) -> int:

@@ -32,11 +32,13 @@ from hlrp_lab.lib.runs import (
     newest_run,
     recorded_status,
     resolve_reference,
+    set_fingerprint,
     write_spec,
 )
 from hlrp_lab.lib.util import git_sha, make_run_dir, timestamp
 from hlrp_lab.lib.world import World
 from hlrp_lab.spec.check import check_spec, load_run_spec
+from hlrp_lab.spec.fingerprint import spec_fingerprint
 from hlrp_lab.spec.search_space import check_search_mode
 from hlrp_lab.spec.spec_util import (
     Mode,
@@ -71,6 +73,7 @@ def new_run(spec: dict, spec_file: Path, spec_name: str, mode: Mode) -> dict:
     """Check what the spec refers to and its data, make the run directory and save the spec there; the spec
     as saved (rank 0 only)."""
     spec = pin_references(spec)
+    fingerprint = spec_fingerprint(spec, mode.name)  # before the lab's keys: what `pipeline` compares
     check_search_mode(spec, spec_name, mode.name)
     STAGES.get(spec["stage"], "stage").prepare_data(spec)  # data readable and splittable, before any run dir
     if mode.name == "search":
@@ -84,6 +87,7 @@ def new_run(spec: dict, spec_file: Path, spec_name: str, mode: Mode) -> dict:
         meta["random_seed"] = secrets.randbelow(2**31)
     layout = RunLayout(run_dir, spec_name)
     write_spec(layout.spec_file, spec_name, spec)
+    set_fingerprint(layout, fingerprint)
     return spec
 
 
@@ -142,6 +146,7 @@ def resume_run(run_dir: Path, spec_name: str, sets: dict) -> Path:
     if sets and world.main:  # only once they worked: a failed override must not stick to the run
         pydash.set_(spec, "meta.variables", {**spec["meta"]["variables"], **sets})
         write_spec(layout.spec_file, spec_name, spec)
+        set_fingerprint(layout, None)  # no longer the spec it started from
     return run_dir
 
 

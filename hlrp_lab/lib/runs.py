@@ -22,6 +22,7 @@ RUN_DIR_NAME = re.compile(r"(?P<spec>.+)_(?P<ts>\d{4}_\d{2}_\d{2}_\d{6})(?:_(?P<
 # A run's state (RunLayout.status): running while it trains (and after a kill), then completed or failed, or
 # interrupted: stopped on request with its `last` checkpoints written (lib.stop), to be resumed.
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+FINGERPRINT = "fingerprint"  # the status file's key for the fingerprint of the run's spec
 # Set by `run --nproc-per-node`: a file where rank 0 writes its run directory, so that the launcher can record
 # the failure of a rank that could not record it itself.
 RUN_DIR_FILE = "HLRP_RUN_DIR_FILE"
@@ -52,7 +53,16 @@ def read_status(layout: RunLayout) -> dict[str, Any] | None:
 
 
 def write_status(layout: RunLayout, status: str, error: str | None = None) -> None:
-    write_json(layout.status, {"status": status} | ({"error": error} if error else {}))
+    """Record the run's state; the fingerprint it started with stays (``set_fingerprint``)."""
+    kept = {k: v for k, v in (read_status(layout) or {}).items() if k == FINGERPRINT}
+    write_json(layout.status, {"status": status} | ({"error": error} if error else {}) | kept)
+
+
+def set_fingerprint(layout: RunLayout, fingerprint: str | None) -> None:
+    """Record (or, with None, forget) the fingerprint of the spec the run started from
+    (``spec.fingerprint``) in its status file: a pipeline reuses a completed run that has its spec's."""
+    status = {k: v for k, v in (read_status(layout) or {}).items() if k != FINGERPRINT}
+    write_json(layout.status, status | ({FINGERPRINT: fingerprint} if fingerprint else {}))
 
 
 def announce_run_dir(run_dir: Path) -> None:

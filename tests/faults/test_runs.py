@@ -65,7 +65,7 @@ def test_a_failed_run_is_marked_and_latest_skips_it(tmp_path, monkeypatch, tiny_
     monkeypatch.chdir(tmp_path)
     spec_file = write_specs(tmp_path / "specs.json", {"tiny": tiny_spec})
     good = run_lab(spec_file, "tiny", Mode("train"), {})
-    assert read_status(RunLayout(good, "tiny")) == {"status": "completed"}
+    assert read_status(RunLayout(good, "tiny"))["status"] == "completed"
     with pytest.raises(NonFiniteLossError):
         run_lab(spec_file, "tiny", Mode("train"), {"optim.lr": 1e30, "optim.warmup_steps": 0})
     failed = newest_run_dir_by_name(Path("data"), "tiny")
