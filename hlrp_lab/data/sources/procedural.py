@@ -7,6 +7,7 @@ or another block, and so does the agent behind it. Everything is a pure function
 """
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 
@@ -25,8 +26,9 @@ COLOURS = {
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 BACKGROUND = (24, 24, 32)
 AGENT_COLOUR = (245, 245, 245)
-# Sizes as fractions of the image side. The agent collides as the square around its disc.
-AGENT_RADIUS, BLOCK_HALF, MAX_SPEED, CLEARANCE = 0.06, 0.07, 0.05, 0.03
+# Sizes as fractions of the image side. The agent collides as the square around its disc. At 64 px the agent
+# (10 px across) moves up to 5 px a step: its own motion is the clearest change between frames t and t+1.
+AGENT_RADIUS, BLOCK_HALF, MAX_SPEED, CLEARANCE = 0.08, 0.07, 0.08, 0.03
 ACTION_NOISE = 0.3
 EPS = 1e-6  # pixels: blocks in contact are exactly 2 * half apart, up to rounding
 
@@ -171,6 +173,8 @@ class ProceduralSource:
     """An agent pushing coloured blocks, with true 2-D actions and an instruction per episode."""
 
     Config = ProceduralConfig
+    # Recorded in the manifest and part of the cache key: a change of the generator gives new shards.
+    manifest_extra: ClassVar[dict[str, int]] = {"generator": 2}
 
     def __init__(self, config: ProceduralConfig, *, image_size: int):
         self.config = config
