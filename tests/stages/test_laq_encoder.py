@@ -55,8 +55,10 @@ def lab_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def laq_run(lab_root, shard_cache) -> Path:
-    """A tiny LAQ trained for 12 steps (`latest:laq`)."""
-    (lab_root / "laq.json").write_text(json.dumps({"laq": tiny_spec_dict(shard_cache)}))
+    """A tiny LAQ trained for 6 steps (`latest:laq`)."""
+    spec = tiny_spec_dict(shard_cache)
+    spec["train"].update(max_step=6, eval_frequency=6)
+    (lab_root / "laq.json").write_text(json.dumps({"laq": spec}))
     return lab_root / run_lab(lab_root / "laq.json", "laq", Mode("train"), {})
 
 
