@@ -81,6 +81,7 @@ def footage(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.timeout(1500)  # about a minute on 2 idle cores; much longer beside other tests
 def test_laq_videos_cpu_beats_copying_frame_t_with_several_codes_on_footage(footage, tmp_path, monkeypatch):
     spec = json.loads(SPECS.read_text())["laq_videos_cpu"]
     assert [is_val_scene(name, spec["data"]["val_split"]) for name in CLIPS] == [
