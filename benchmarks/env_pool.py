@@ -156,7 +156,7 @@ def old_evaluate(
     try:
         active = start_next(pool, pending)
         while active:
-            actions = checked_actions(policy(old_batch(active)), len(active))
+            actions = checked_actions(policy(old_batch(active)), len(active))[:, 0]  # one action per step
             for worker, action in zip(active, actions, strict=True):
                 worker.step(action)
             for worker in active:

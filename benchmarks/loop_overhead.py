@@ -26,7 +26,7 @@ from hlrp_lab.lib.util import make_run_dir
 from hlrp_lab.spec.check import check_spec
 from hlrp_lab.stages import STAGES
 from hlrp_lab.stages.config import LAQConfig
-from hlrp_lab.stages.laq import LAQStage
+from hlrp_lab.stages.laq import LAQStage, build_target
 
 SPEC_FILE = Path(__file__).parents[1] / "specs" / "laq.json"
 NUM_BATCHES = 16
@@ -53,6 +53,7 @@ class InMemoryLAQ(LAQStage):
     batches: ClassVar[list[dict[str, torch.Tensor]]] = []
 
     def __init__(self, spec: dict, device: torch.device, seed: int):
+        self.target = build_target(spec).to(device)  # Pixels: the frame itself, as in bare_loop
         self.model = self.build_model(spec).to(device)
 
     def train_batch(self, index: int) -> dict[str, torch.Tensor]:

@@ -49,9 +49,11 @@ def test_the_shipped_pipelines_validate_with_their_steps_specs():
         "laq",
         "foundation",
         "finetune",
-        "bc_scratch",
         "finetune_eval",
+        "bc_scratch",
         "bc_scratch_eval",
+        "laq_encoder",
+        "laq_encoder_eval",
     ]
     assert step_sets(pipeline, "foundation", {"laq": "data/laq_mw_cpu_2026_01_01_000000"}) == {
         "shards": "data/shards/mw",
