@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from hlrp_lab.cli.main import app
 from hlrp_lab.components.latent_head import LATENT_HEADS
 from hlrp_lab.components.vla import VLAS
 from hlrp_lab.components.vla.tokenizer import local_tokenizer, with_tokens
 from hlrp_lab.experiment.build import dry_build
 from hlrp_lab.experiment.lab import run_lab
+from hlrp_lab.experiment.plan.spec import planned_spec
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.runs import resolve_reference
 from hlrp_lab.spec.check import check_spec
@@ -239,3 +242,21 @@ def test_the_shipped_specs_start_from_their_laq_spec_alone(finetune, laq):
     )
     assert all(vla[key] is None for key in ARCHITECTURE)  # the run's
     assert spec["data"]["image_size"] == laq_spec["data"]["image_size"]
+
+
+def test_the_memory_plan_counts_the_transformer_over_frame_and_prompt(laq_run):
+    """`spec plan` of the shipped LAQEncoder spec on the run: the parameters of the real build, and the
+    transformer's tokens are the frame's cells, the instruction's and the query tokens."""
+    spec_file, sets = ROOT / "specs" / "finetune.json", {"model.vla.laq": str(laq_run)}
+    args = ["spec", "plan", str(spec_file), "ft_debug_laq_encoder", "--json", "--instruction-tokens", "10"]
+    result = CliRunner().invoke(app, [*args, "-s", f"model.vla.laq={laq_run}"])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.output)
+
+    model = FinetuneStage.build_model(planned_spec(spec_file, "ft_debug_laq_encoder", sets, ranks=1))
+    assert numbers["params"] == sum(p.numel() for p in model.parameters())
+    backbone = model.vla.backbone
+    prompt = len(backbone.tokenizer(model.vla.suffix)["input_ids"])
+    [group] = numbers["block_groups"]
+    assert group["part"] == "language" and group["tokens"] == backbone.frame_position.shape[1] + prompt + 10
+    assert numbers["gb"]["activations"] > 0

@@ -162,7 +162,7 @@ def tokens_text(plan: Plan) -> list[str]:
         vision = f", vision tower s = {parts['vision']} patches per frame" if "vision" in parts else ""
         return [
             (
-                f"tokens: language model s = {parts['language']} (image block, {plan.instruction_tokens} "
+                f"tokens: language model s = {parts['language']} (image tokens, {plan.instruction_tokens} "
                 f"instruction tokens (--instruction-tokens), query tokens){vision}"
             )
         ]

@@ -74,11 +74,16 @@ def plannable(spec: dict) -> dict:
 
 def model_parts(model: nn.Module, spec: dict, instruction_tokens: int) -> list[Part]:
     """The parts of the lab's models and the tokens per sample their blocks see: a VLA's vision tower (its
-    patches) and language model (the prompt: image block, instruction, query tokens), an LAQ's encoder (both
-    frames' patches and the action queries) and decoder (frame t's patches)."""
+    patches) and language model (the prompt: image block, instruction, query tokens), an LAQEncoder
+    backbone's transformer (frame tokens and the prompt; its LAQ encoder's blocks, if any, are left unknown),
+    an LAQ's encoder (both frames' patches and the action queries) and decoder (frame t's patches)."""
     vla = next((m for m in model.modules() if isinstance(m, LatentActionVLA)), None)
     parts: list[Part] = []
-    if vla is not None:
+    if vla is not None and not hasattr(vla.backbone, "image_block"):  # LAQEncoder: frame tokens, then prompt
+        backbone = vla.backbone
+        prompt = len(backbone.tokenizer(vla.suffix)["input_ids"]) + instruction_tokens
+        parts.append(("language", backbone.transformer, backbone.frame_position.shape[1] + prompt))
+    elif vla is not None:
         backbone = vla.backbone
         prompt = backbone.tokenizer(backbone.image_block() + vla.suffix)["input_ids"]
         vision = vision_tower(backbone)
