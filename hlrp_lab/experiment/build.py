@@ -15,6 +15,8 @@ def dry_build(spec: dict) -> dict:
     try:
         with torch.device("meta"):
             STAGES.get(spec["stage"], "stage").check_model(spec)
+    except SpecError:
+        raise  # names its field already
     except ValueError as err:
         raise SpecError(f"model: {err}") from None
     return spec

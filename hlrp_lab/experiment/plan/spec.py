@@ -51,6 +51,8 @@ def count_spec(spec: dict, instruction_tokens: int) -> ModelCount:
     try:
         with torch.device("meta"):
             model = STAGES.get(spec["stage"], "stage").build_model(spec)
+    except SpecError:
+        raise  # names its field already
     except ValueError as err:
         raise SpecError(f"model: {err}") from None
     image_size = spec["data"]["image_size"] if isinstance(model, LatentActionModel) else None
