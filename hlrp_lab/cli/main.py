@@ -202,7 +202,7 @@ def spec_check(
 
     with cli_errors():
         from hlrp_lab.spec.check import check_unresolved
-        from hlrp_lab.spec.pipeline import check_unresolved_pipeline, is_pipeline
+        from hlrp_lab.spec.pipeline import check_unresolved_pipeline, default_variables, is_pipeline
 
         if build:
             from hlrp_lab.experiment.build import dry_build
@@ -232,7 +232,8 @@ def spec_check(
                 typer.echo(f"FAIL {spec_file} {name}: {err}")
                 failures += 1
                 continue
-            needs = " ".join(f"-s {v}=..." for v in sorted(spec_variables(spec)))
+            unset = spec_variables(spec) - set(default_variables(spec))  # a pipeline's defaults fill the rest
+            needs = " ".join(f"-s {v}=..." for v in sorted(unset))
             typer.echo(f"ok   {spec_file} {name}" + (f"  (needs {needs})" if needs else ""))
     if failures:
         raise typer.Exit(2)

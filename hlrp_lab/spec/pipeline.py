@@ -79,6 +79,9 @@ class Report(Strict):
 
 
 class Pipeline(Strict):
+    variables: dict[str, Any] = Field(
+        default_factory=dict, description="Default values of the pipeline's ${NAME} variables; -s NAME=VALUE wins."
+    )
     steps: dict[str, Step] = Field(min_length=1, description="The steps, run in this order.")
     seeds: PositiveInt | None = Field(
         None, description="Sessions (meta.max_session) of every step that does not give its own seeds."
@@ -104,7 +107,7 @@ def read_pipeline(path: str | Path, name: str, sets: dict[str, Any], seeds: int 
                 f"-s {printable(var)}: pipeline {name!r} has no ${{{printable(var)}}}; its variables: {known} "
                 "(-s STEP.key=VALUE sets a key of one step's spec)"
             )
-    pipeline = validated(substitute(raw, variables))
+    pipeline = validated(substitute(raw, {**default_variables(raw), **variables}))
     for key, value in sets.items():
         if "." in key:
             set_step_value(pipeline, key, value)
@@ -114,6 +117,13 @@ def read_pipeline(path: str | Path, name: str, sets: dict[str, Any], seeds: int 
                 step.seeds = seeds
     check_pipeline(pipeline)
     return pipeline
+
+
+def default_variables(raw: Any) -> dict[str, Any]:
+    """The pipeline's ``variables`` block (defaults of its ${NAME}s), empty where it has none or a bad one (the
+    schema then names it)."""
+    defaults = raw.get("variables") if isinstance(raw, dict) else None
+    return defaults if isinstance(defaults, dict) else {}
 
 
 def validated(data: Any) -> Pipeline:
@@ -272,7 +282,8 @@ def check_unresolved_pipeline(raw: dict) -> None:
     """Check a pipeline whose ${var}s are unset (``spec check``): its keys and steps, and each training step's
     spec with the placeholders left as text where a string is valid (``check_unresolved``)."""
     check_key_placeholders(raw)
-    pipeline = validated(raw)
+    unset = {name: f"${{{name}}}" for name in spec_variables(raw)}  # left as their text
+    pipeline = validated(substitute(raw, {**unset, **default_variables(raw)}))
     check_pipeline(pipeline)
     for name, step in pipeline.steps.items():
         if not step.evaluates:

@@ -88,7 +88,7 @@ def test_a_pipeline_is_launched_with_its_runs_on_a_volume(dstack_stub, gpu, volu
 
 def test_the_remote_commands_run_the_pipeline_with_the_set_values_intact(dstack_stub, tmp_path):
     """The copy's commands, run by bash as dstack runs them, with `uv` and `apt-get` stubbed."""
-    values = [SHARDS, "finetune.train.max_step=50", "note=two words"]
+    values = [SHARDS, "finetune_k5.train.max_step=50", "note=two words"]
     sets = [arg for value in values[:2] for arg in ("-s", value)]
     result = runner.invoke(app, ["run-remote", "--pipeline", "specs/pipeline.json", "study_mw", "dev", *sets])
     assert result.exit_code == 0, result.output

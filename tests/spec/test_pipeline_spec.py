@@ -41,25 +41,24 @@ def write(tmp_path: Path, pipeline: dict) -> Path:
     return path
 
 
+ARMS = ("finetune", "bc_scratch", "laq_encoder")  # the study's three arms
+
+
 def test_the_shipped_pipelines_validate_with_their_steps_specs():
     for name, sets in [("chain_debug", {}), ("study_mw", {"shards": "data/shards/mw"})]:
         pipeline = read_pipeline(PIPELINES, name, sets)
         check_steps(pipeline)
-    assert list(pipeline.steps) == [
-        "laq",
-        "foundation",
-        "finetune",
-        "finetune_eval",
-        "bc_scratch",
-        "bc_scratch_eval",
-        "laq_encoder",
-        "laq_encoder_eval",
-    ]
+    arms = [f"{arm}_k{k}{end}" for k in (1, 5, 10) for arm in ARMS for end in ("", "_eval")]
+    assert list(pipeline.steps) == ["laq", "foundation", *arms]
     assert step_sets(pipeline, "foundation", {"laq": "data/laq_mw_cpu_2026_01_01_000000"}) == {
         "shards": "data/shards/mw",
         "data.source.laq": "data/laq_mw_cpu_2026_01_01_000000",
     }
-    assert step_sets(pipeline, "finetune", {})["meta.max_session"] == 3
+    finetune = step_sets(pipeline, "finetune_k1", {"foundation": "data/vla"})
+    assert finetune["meta.max_session"] == 3 and finetune["data.max_episodes"] == 1
+    assert finetune["rollout.episodes"] == 10  # the pipeline's default of ${episodes}
+    fewer = read_pipeline(PIPELINES, "study_mw", {"shards": "data/shards/mw", "episodes": 5})
+    assert step_sets(fewer, "bc_scratch_k10", {})["rollout.episodes"] == 5  # -s wins over the default
     debug = read_pipeline(PIPELINES, "chain_debug", {})
     assert debug.steps["bc_debug"].spec_name == "ft_debug" and debug.steps["bc_debug"].sets == {
         "train.init_from": None
@@ -116,7 +115,7 @@ def edit(change: str):
             "unknown step key",
             "steps.laq.spec: unknown key; a step takes spec_file, spec_name, mode, of, sets, seeds",
         ),
-        ("unknown pipeline key", "step: unknown key; a pipeline takes steps, seeds, report"),
+        ("unknown pipeline key", "step: unknown key; a pipeline takes variables, steps, seeds, report"),
         (
             "later step",
             "steps.laq.sets.train.init_from: ${steps.foundation} is not an earlier step; earlier steps: none",
@@ -209,8 +208,10 @@ def test_spec_check_checks_pipelines_too(tmp_path):
     bad = chain()
     bad["steps"]["foundation"]["sets"]["train.max_stepp"] = 3
     path = tmp_path / "pipelines.json"
-    path.write_text(json.dumps({"good": chain(), "bad": bad}))
+    defaulted = {"variables": {"vla_steps": 40}, **chain()}
+    path.write_text(json.dumps({"good": chain(), "bad": bad, "defaulted": defaulted}))
     result = CliRunner().invoke(app, ["spec", "check", str(path)])
     assert result.exit_code == 2
     assert f"ok   {path} good  (needs -s vla_steps=...)" in result.output
+    assert f"ok   {path} defaulted\n" in result.output  # its variables block fills ${vla_steps}
     assert f"FAIL {path} bad: steps.foundation (vla_debug): train.max_stepp: unknown key" in result.output
