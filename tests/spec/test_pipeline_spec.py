@@ -42,6 +42,7 @@ def write(tmp_path: Path, pipeline: dict) -> Path:
 
 
 ARMS = ("finetune", "bc_scratch", "laq_encoder")  # the study's three arms
+ARMS_K5_GPU = ("finetune_k5", "bc_scratch_k5")  # study_mw_gpu: with and without latent pretraining
 
 
 def test_the_shipped_pipelines_validate_with_their_steps_specs():
@@ -59,6 +60,10 @@ def test_the_shipped_pipelines_validate_with_their_steps_specs():
     assert finetune["rollout.episodes"] == 10  # the pipeline's default of ${episodes}
     fewer = read_pipeline(PIPELINES, "study_mw", {"shards": "data/shards/mw", "episodes": 5})
     assert step_sets(fewer, "bc_scratch_k10", {})["rollout.episodes"] == 5  # -s wins over the default
+    gpu = read_pipeline(PIPELINES, "study_mw_gpu", {"shards": "data/shards/mw"})
+    check_steps(gpu)
+    vlas = {step_sets(gpu, name, {"foundation": "data/vla"})["model.vla"]["pretrained"] for name in ARMS_K5_GPU}
+    assert vlas == {"HuggingFaceTB/SmolVLM-256M-Instruct"}  # both arms start from the same pretrained VLM
     debug = read_pipeline(PIPELINES, "chain_debug", {})
     assert debug.steps["bc_debug"].spec_name == "ft_debug" and debug.steps["bc_debug"].sets == {
         "train.init_from": None
