@@ -14,7 +14,7 @@ from hlrp_lab.experiment.results import (
     keep_models,
     save_table,
 )
-from hlrp_lab.experiment.search import run_search
+from hlrp_lab.experiment.search import run_search, search_target
 from hlrp_lab.lib.errors import RunError
 from hlrp_lab.lib.layout import RunLayout
 from hlrp_lab.lib.runs import write_spec
@@ -33,6 +33,7 @@ class Experiment:
         self.layout = RunLayout.of(spec)
         self.spec_name = self.layout.spec_name
         self.stage = STAGES.config_class(spec["stage"], "stage")
+        self.metric, self.mode = search_target(spec)  # meta.search_metric, else the stage's metric
 
     def run(self, trial_specs: list[dict]) -> pd.DataFrame:
         """Train ``trial_specs`` one after the other as trials 0, 1, ..."""
@@ -49,10 +50,10 @@ class Experiment:
         prepared by the caller (the lab), once, before the trials start."""
         outcome = run_search(self.spec)
         table = self.tabulate(outcome.records, outcome.params)
-        ranked = table.dropna(subset=[self.stage.metric])
+        ranked = table.dropna(subset=[self.metric])
         if not ranked.empty:
             self.save_best_spec(next(r for r in outcome.records if r.trial == ranked["trial"].iloc[0]))
-        save_experiment_graphs(table, outcome.params, self.stage.metric, self.layout, outcome.log_params)
+        save_experiment_graphs(table, outcome.params, self.metric, self.layout, outcome.log_params)
         keep_models(self.layout.model, self.spec_name, ranked["trial"].tolist(), table["trial"], keep)
         logger.info(f"{self.spec_name} search: {len(table)} trials\n{table.head(10).to_string(index=False)}")
         if outcome.interrupted:
@@ -66,8 +67,7 @@ class Experiment:
         return table
 
     def tabulate(self, records: list[TrialRecord], params: list[str]) -> pd.DataFrame:
-        metric, mode = self.stage.metric, self.stage.metric_mode
-        table = experiment_table(records, metric, mode, params, self.stage.graph_metrics)
+        table = experiment_table(records, self.metric, self.mode, params, self.stage.graph_metrics)
         save_table(table, self.layout.experiment_table.with_suffix(""))
         return table
 
@@ -76,6 +76,4 @@ class Experiment:
         spec = check_spec(record.spec)
         spec["meta"].update(trial=0, random_seed=spec["meta"]["random_seed"] + 1000 * record.trial)
         write_spec(self.layout.best_spec, self.spec_name, spec)
-        logger.info(
-            f"best trial: {record.trial} ({self.stage.metric} {record.metrics[self.stage.metric]:.4g})"
-        )
+        logger.info(f"best trial: {record.trial} ({self.metric} {record.metrics[self.metric]:.4g})")

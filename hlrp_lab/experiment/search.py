@@ -58,7 +58,7 @@ def run_search(spec: dict) -> SearchOutcome:
     from hlrp_lab.experiment.tune_trial import TrialLog
 
     keys = parse_search(spec["search"])
-    log = TrialLog(keys, STAGES.config_class(spec["stage"], "stage").metric)
+    log = TrialLog(keys, search_target(spec)[0])
     owns_ray = not ray.is_initialized()
     if owns_ray:
         init_ray()
@@ -182,14 +182,24 @@ def join_error(address: str, error: BaseException) -> str:
     )
 
 
+def search_target(spec: dict) -> tuple[str, str]:
+    """The metric a search goes by and its mode: ``meta.search_metric``, else the stage's metric."""
+    chosen = spec["meta"].get("search_metric")
+    if chosen is not None:
+        return chosen["name"], chosen["mode"]
+    stage = STAGES.config_class(spec["stage"], "stage")
+    return stage.metric, stage.metric_mode
+
+
 def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
-    """The Tuner: trials named by their stem (``RunLayout.stem(trial)``), the stage's metric, the meta block's
-    search settings."""
+    """The Tuner: trials named by their stem (``RunLayout.stem(trial)``), the search's metric, the meta
+    block's search settings."""
     from ray import tune
 
     from hlrp_lab.experiment.tune_trial import run_trial
 
-    meta, stage, layout = spec["meta"], STAGES.config_class(spec["stage"], "stage"), RunLayout.of(spec)
+    meta, layout = spec["meta"], RunLayout.of(spec)
+    metric, mode = search_target(spec)
     indices = count()
 
     def trial_name(trial: Any) -> str:
@@ -204,14 +214,16 @@ def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:
         trainable,
         param_space={key.path: key.domain() for key in keys},
         tune_config=tune.TuneConfig(
-            metric=stage.metric,
-            mode=stage.metric_mode,
+            metric=metric,
+            mode=mode,
             search_alg=search_algorithm(meta),
             scheduler=scheduler(spec),
             num_samples=meta["max_trial"],
             trial_name_creator=trial_name,
             trial_dirname_creator=lambda trial: trial.custom_trial_name,
-            reuse_actors=True,
+            # A fresh actor per trial: a trial ASHA stops is still ending its sessions (seconds), and Ray fails
+            # the next trial it gives a busy reused actor ("reuse requires reset_config() ... True").
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name="tune",

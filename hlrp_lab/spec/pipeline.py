@@ -80,7 +80,8 @@ class Report(Strict):
 
 class Pipeline(Strict):
     variables: dict[str, Any] = Field(
-        default_factory=dict, description="Default values of the pipeline's ${NAME} variables; -s NAME=VALUE wins."
+        default_factory=dict,
+        description="Default values of the pipeline's ${NAME} variables; -s NAME=VALUE wins.",
     )
     steps: dict[str, Step] = Field(min_length=1, description="The steps, run in this order.")
     seeds: PositiveInt | None = Field(

@@ -164,6 +164,13 @@ class SearchScheduler(Strict):
     max_t: PositiveInt | None = Field(None, description="Steps at which a trial ends; null: train.max_step.")
 
 
+class SearchMetric(Strict):
+    name: str = Field(
+        min_length=1, description="A metric the stage reports at every evaluation, e.g. probe_mse."
+    )
+    mode: Literal["max", "min"] = Field(description="max: higher is better; min: lower is better.")
+
+
 class SearchResources(Strict):
     cpu: PositiveFloat = Field(1.0, description="CPUs per trial (fractions share a CPU).")
     gpu: NonNegativeFloat = Field(0.0, description="GPUs per trial (fractions share a GPU).")
@@ -178,6 +185,11 @@ class MetaSpec(Strict):
         None,
         description="Search mode: {grace_period, reduction_factor (3), max_t (null: train.max_step)} in "
         "training steps turns on ASHA early stopping; null runs every trial to the end.",
+    )
+    search_metric: SearchMetric | None = Field(
+        None,
+        description="Search mode: {name, mode}, the metric ASHA stops trials by and the best trial is chosen "
+        "by (e.g. a latent-quality metric, docs/SEARCH.md); null: the stage's metric (LAQ: val_psnr, max).",
     )
     search_algorithm: Literal["random", "optuna"] = Field(
         "random", description="Search mode: how trials are sampled: random, or Optuna's TPE."

@@ -210,9 +210,12 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def searched(ray_cluster, tmp_path_factory, shard_cache) -> Path:
-    """The run directory of a 6-trial search with ASHA (keeping the models of the best 2 trials)."""
+    """The run directory of a 6-trial search with ASHA (keeping the models of the best 2 trials), going by a
+    latent-quality metric (lower is better) instead of the stage's val_psnr."""
     root = tmp_path_factory.mktemp("search")
-    spec_file = write_specs(root / "specs.json", search_spec(shard_cache))
+    spec = search_spec(shard_cache)
+    spec["meta"]["search_metric"] = {"name": "probe_mse", "mode": "min"}
+    spec_file = write_specs(root / "specs.json", spec)
     cwd = Path.cwd()
     os.chdir(root)
     try:
@@ -226,19 +229,20 @@ def test_search_table_has_every_trial_with_its_status(searched):
     table = pd.read_csv(searched / "info" / "tiny_experiment.csv")
     assert table.equals(pd.read_parquet(searched / "info" / "tiny_experiment.parquet"))
     assert sorted(table["trial"]) == list(range(6))
-    assert list(table.columns[:4]) == ["trial", "status", "val_psnr", "step"]
+    assert list(table.columns[:4]) == ["trial", "status", "probe_mse", "step"]  # meta.search_metric
     assert {"optim.lr", "model.quantizer.name", "model.quantizer.decay", "error"} <= set(table.columns)
     by_trial = table.set_index("trial")
     assert list(by_trial.sort_index()["optim.lr"]) == LRS  # grid order
     failed = by_trial.loc[1]
-    assert failed["status"] == "failed" and pd.isna(failed["val_psnr"])
+    assert failed["status"] == "failed" and pd.isna(failed["probe_mse"])
     assert failed["error"].startswith("SpecError: optim.lr: Input should be greater than 0")
     ran = table[table["trial"] != 1]
     assert set(ran["status"]) <= {"completed", "stopped early"} and ran["error"].isna().all()
     stopped = ran[ran["status"] == "stopped early"]
     assert len(stopped) >= 1 and (stopped["step"] < MAX_STEP).all()  # ASHA cut these short
     assert (ran.loc[ran["status"] == "completed", "step"] == MAX_STEP).all()
-    assert list(table["val_psnr"].dropna()) == sorted(table["val_psnr"].dropna(), reverse=True)
+    assert list(table["probe_mse"].dropna()) == sorted(table["probe_mse"].dropna())  # best (lowest) first
+    assert ran["val_psnr"].notna().all()  # the stage's metric is still in the table
     fsq = table["model.quantizer.name"] == "FSQ"
     assert table.loc[fsq, "model.quantizer.decay"].isna().all()  # FSQ has no decay
     assert table.loc[~fsq & (table["trial"] != 1), "model.quantizer.decay"].between(0.8, 0.99).all()
@@ -251,6 +255,7 @@ def test_search_writes_trial_files_graphs_and_keeps_the_best_models(searched):
         assert (searched / "info" / f"tiny_t{trial}_spec.json").is_file()
         assert (searched / "log" / f"tiny_t{trial}_s0.log").is_file()
         assert (searched / "ray" / "tune" / f"tiny_t{trial}" / "result.json").is_file()
+    assert "Trials ranked by probe_mse (min)" in (searched / "report.html").read_text()
     kept = {int(p.name.split("_")[1][1:]) for p in (searched / "model").iterdir()}
     assert kept == set(table["trial"][:2])
     for param in ("optim_lr", "model_quantizer_name", "model_quantizer_decay"):

@@ -129,11 +129,21 @@ def files(layout: RunLayout) -> str:
     return f"<details><summary>Files of the run directory ({len(paths)})</summary><ul>{items}</ul></details>"
 
 
-def search_table(layout: RunLayout, metric: str | None, mode: str) -> pd.DataFrame | None:
-    """A search's table, ranked by the trials' recorded metric and mode (the stage's when none finished)."""
+def search_metric(spec: dict) -> tuple[str, str] | None:
+    """A saved spec's ``meta.search_metric`` as (name, mode); None where it has none."""
+    meta = spec.get("meta")
+    chosen = meta.get("search_metric") if isinstance(meta, dict) else None
+    return (str(chosen.get("name")), str(chosen.get("mode"))) if isinstance(chosen, dict) else None
+
+
+def search_table(
+    layout: RunLayout, metric: str | None, mode: str, recorded: bool = True
+) -> pd.DataFrame | None:
+    """A search's table, ranked by ``metric`` and ``mode``; with ``recorded``, by the trials' recorded metric
+    and mode (the stage's when none finished)."""
     if not layout.experiment_table.is_file():
         return None
-    for trial in layout.trials():
+    for trial in layout.trials() if recorded else ():
         recorded = read_json(layout.trial_metrics(trial))
         if isinstance(recorded, dict):
             metric, mode = recorded.get("metric", metric), recorded.get("metric_mode", mode)
@@ -148,10 +158,12 @@ def report_html(layout: RunLayout, out_dir: Path) -> str:
     spec, status = saved_spec(layout), read_status(layout) or {}
     graph_metrics, metric, mode = stage_settings(spec)
     body = [header(layout, spec, status)]
-    frame = search_table(layout, metric, mode)
+    chosen = search_metric(spec)  # the search ranked its trials by it, not by the stage's metric
+    rank_metric, rank_mode = chosen or (metric, mode)
+    frame = search_table(layout, rank_metric, rank_mode, recorded=chosen is None)
     rows = search_rows(frame)
     if frame is not None:
-        body.append(ranking(frame, metric or "metric", mode))
+        body.append(ranking(frame, rank_metric or "metric", rank_mode))
     trials = sorted(set(layout.trials()) | set(layout.trials_with_sessions()) | set(rows))
     if not trials:
         body.append("<p class=muted>No trial wrote metrics.</p>")
