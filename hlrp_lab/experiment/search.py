@@ -19,7 +19,7 @@ from typing import Any
 from hlrp_lab.experiment.results import COMPLETED, FAILED, INTERRUPTED, STOPPED_EARLY, TrialRecord
 from hlrp_lab.lib.errors import RunError, first_line
 from hlrp_lab.lib.layout import RunLayout
-from hlrp_lab.spec.search_space import LOG_SAMPLERS, SearchKey, parse_search, trial_spec
+from hlrp_lab.spec.search_space import LOG_SAMPLERS, SearchKey, parse_search, search_metric, trial_spec
 from hlrp_lab.stages import STAGES
 
 # Set before Ray is imported (an environment variable already set wins): no usage statistics; trials keep
@@ -184,11 +184,8 @@ def join_error(address: str, error: BaseException) -> str:
 
 def search_target(spec: dict) -> tuple[str, str]:
     """The metric a search goes by and its mode: ``meta.search_metric``, else the stage's metric."""
-    chosen = spec["meta"].get("search_metric")
-    if chosen is not None:
-        return chosen["name"], chosen["mode"]
     stage = STAGES.config_class(spec["stage"], "stage")
-    return stage.metric, stage.metric_mode
+    return search_metric(spec) or (stage.metric, stage.metric_mode)
 
 
 def make_tuner(spec: dict, keys: list[SearchKey], log: Any) -> Any:

@@ -201,3 +201,10 @@ def trial_spec(spec: dict, keys: list[SearchKey], config: dict[str, Any], index:
     trial, applied = apply_sample(spec, {key.path: key.decode(config[key.path]) for key in keys})
     trial["meta"]["trial"] = index
     return trial, applied
+
+
+def search_metric(spec: dict) -> tuple[str, str] | None:
+    """A spec's ``meta.search_metric`` as (name, mode); None where it has none (a saved spec may lack meta)."""
+    meta = spec.get("meta")
+    chosen = meta.get("search_metric") if isinstance(meta, dict) else None
+    return (str(chosen.get("name")), str(chosen.get("mode"))) if isinstance(chosen, dict) else None

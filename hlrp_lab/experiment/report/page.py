@@ -24,6 +24,7 @@ from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.layout import INFO, RunLayout
 from hlrp_lab.lib.runs import COMPLETED, read_status, run_dir_spec_name
 from hlrp_lab.lib.util import atomic_write_text
+from hlrp_lab.spec.search_space import search_metric
 from hlrp_lab.stages import STAGES
 
 LOG_TAIL = 40  # lines of the run's log shown when it did not complete
@@ -127,13 +128,6 @@ def files(layout: RunLayout) -> str:
     if len(paths) > FILES_LISTED:
         items += f"<li>and {len(paths) - FILES_LISTED} more</li>"
     return f"<details><summary>Files of the run directory ({len(paths)})</summary><ul>{items}</ul></details>"
-
-
-def search_metric(spec: dict) -> tuple[str, str] | None:
-    """A saved spec's ``meta.search_metric`` as (name, mode); None where it has none."""
-    meta = spec.get("meta")
-    chosen = meta.get("search_metric") if isinstance(meta, dict) else None
-    return (str(chosen.get("name")), str(chosen.get("mode"))) if isinstance(chosen, dict) else None
 
 
 def search_table(
