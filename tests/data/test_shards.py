@@ -17,16 +17,8 @@ from hlrp_lab.data.shards import (
     verify_shards,
     write_shards,
 )
-from hlrp_lab.data.sources.procedural import (
-    AGENT_COLOUR,
-    COLOURS,
-    DIRECTIONS,
-    MAX_SPEED,
-    ProceduralConfig,
-    Scene,
-    generate_episode,
-    generate_episodes,
-)
+from hlrp_lab.data.sources.procedural import ProceduralConfig, generate_episode, generate_episodes
+from hlrp_lab.env.push_world import AGENT_COLOUR, COLOURS, DIRECTIONS, MAX_SPEED, Scene
 
 SIZE = 32
 RED, GREEN = COLOURS["red"], COLOURS["green"]

@@ -10,7 +10,8 @@ import torch
 
 from hlrp_lab.data.episode import Episode
 from hlrp_lab.data.shards import write_shards
-from hlrp_lab.data.sources.procedural import DIRECTIONS, generate_episode
+from hlrp_lab.data.sources.procedural import generate_episode
+from hlrp_lab.env.push_world import DIRECTIONS
 from hlrp_lab.spec.check import check_spec
 
 SIZE, LENGTH, EPISODES = 32, 8, 12  # 12 scenes ep000000..ep000011: val_split 0.25 holds out some, not all
