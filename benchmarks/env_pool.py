@@ -32,14 +32,14 @@ from hlrp_lab.env.metaworld_eval import (
     Observation,
     Policy,
     Result,
-    checked_actions,
     episode_jobs,
     evaluate_policy,
     expert_policy,
     metrics,
 )
-from hlrp_lab.env.metaworld_sim import SimulatorSlot, import_mujoco, share_cores
+from hlrp_lab.env.metaworld_sim import ACTION_SIZE, SimulatorSlot, import_mujoco, share_cores
 from hlrp_lab.env.metaworld_tasks import TASK_DESCRIPTIONS
+from hlrp_lab.env.policy_output import checked_actions
 from hlrp_lab.lib.errors import RunError
 
 SMOKE = {"tasks": "reach-v3", "episodes": 1, "max_steps": 3, "size": 32, "repeats": 1}
@@ -156,7 +156,8 @@ def old_evaluate(
     try:
         active = start_next(pool, pending)
         while active:
-            actions = checked_actions(policy(old_batch(active)), len(active))[:, 0]  # one action per step
+            # one action per step
+            actions = checked_actions(policy(old_batch(active)), len(active), 1, ACTION_SIZE)[:, 0]
             for worker, action in zip(active, actions, strict=True):
                 worker.step(action)
             for worker in active:

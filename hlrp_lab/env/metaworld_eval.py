@@ -48,11 +48,9 @@ from hlrp_lab.env.metaworld_sim import (
     share_cores,
 )
 from hlrp_lab.env.metaworld_tasks import DIFFICULTY_GROUPS, MAX_PATH_LENGTH, TASK_DESCRIPTIONS, task_group
+from hlrp_lab.env.policy_output import checked_actions, write_video
 from hlrp_lab.lib.errors import RunError, first_line
 from hlrp_lab.lib.world import World
-
-VIDEO_FPS = 10
-VIDEO_MIN_WIDTH = 128
 
 
 @dataclass
@@ -195,41 +193,6 @@ def batch(observation: dict[str, np.ndarray], slots: list[Slot], active: list[in
     )
 
 
-def checked_actions(actions: np.ndarray, count: int, steps: int = 1) -> np.ndarray:
-    """The first ``steps`` actions of the policy's chunks, (count, steps, 4) float32 clipped to [-1, 1] as the
-    dataset records the expert's; single actions (count, 4) are chunks of one."""
-    actions = np.asarray(actions, dtype=np.float64)
-    chunks = actions[:, None] if actions.ndim == 2 else actions
-    shape = chunks.shape
-    if len(shape) != 3 or shape[0] != count or shape[1] < steps or shape[2] != ACTION_SIZE:
-        raise ValueError(
-            f"the policy must return finite ({count}, 4) actions or ({count}, chunk, 4) chunks of at least "
-            f"{steps} actions (those executed per prediction), got shape {actions.shape}"
-        )
-    if not np.isfinite(chunks).all():
-        raise ValueError(f"the policy must return finite ({count}, 4) actions, got NaN or infinity")
-    return np.clip(chunks[:, :steps], -1.0, 1.0).astype(np.float32)
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
-    """An mp4 of ``frames``, upscaled (nearest neighbour) to at least VIDEO_MIN_WIDTH pixels, even sides."""
-    import av  # here: only a run that writes videos needs PyAV
-
-    height, width = frames[0].shape[:2]
-    scale = max(1, -(-VIDEO_MIN_WIDTH // width))
-    if height * scale % 2 or width * scale % 2:  # yuv420p wants even sides: an odd side, an odd scale
-        scale += 1
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width * scale, height * scale, "yuv420p"
-        for frame in frames:
-            big = np.ascontiguousarray(frame.repeat(scale, axis=0).repeat(scale, axis=1))
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def metrics(results: list[Result], tasks: list[str]) -> dict[str, float]:
     """Success over every episode, per task and per difficulty group (the groups of ``tasks``), as rates and as
     LeRobot's percentages; the mean episode length and the number of episodes."""
@@ -294,7 +257,7 @@ def evaluate_policy(
         while active := [i for i, slot in enumerate(slots) if slot.job is not None]:
             if planning := [i for i in active if not slots[i].plan]:
                 chunks = checked_actions(
-                    policy(batch(observation, slots, planning)), len(planning), action_steps
+                    policy(batch(observation, slots, planning)), len(planning), action_steps, ACTION_SIZE
                 )
                 for i, chunk in zip(planning, chunks, strict=True):
                     slots[i].plan.extend(chunk)

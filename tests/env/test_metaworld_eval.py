@@ -13,7 +13,6 @@ from hlrp_lab.data.sources.config import MetaWorldConfig
 from hlrp_lab.data.sources.metaworld import MetaWorldSource
 from hlrp_lab.env.metaworld_eval import (
     Observation,
-    checked_actions,
     evaluate_policy,
     expert_policy,
     random_policy,
@@ -126,19 +125,3 @@ def test_a_dead_worker_names_its_episode():
         evaluate_policy(killer, TASKS, 2, **SETTINGS)
     assert "\n" not in str(err.value) and "exit code -9" in str(err.value)
     assert multiprocessing.active_children() == []
-
-
-def test_actions_are_checked_and_clipped():
-    np.testing.assert_array_equal(checked_actions(np.array([[2.0, -3.0, 0.5, 0.0]]), 1), [[[1, -1, 0.5, 0]]])
-    assert checked_actions(np.zeros((2, 4)), 2).dtype == np.float32
-    chunks = np.arange(24, dtype=float).reshape(2, 3, 4) / 100
-    np.testing.assert_array_equal(checked_actions(chunks, 2, steps=2), chunks[:, :2].astype(np.float32))
-    for bad in (
-        np.zeros((1, 3)),
-        np.zeros((2, 4)),
-        np.full((1, 4), np.nan),
-        np.zeros(4),
-        np.zeros((1, 1, 4)),
-    ):
-        with pytest.raises(ValueError, match=r"\(1, 4\) actions"):
-            checked_actions(bad, 1, steps=1 if bad.ndim < 3 else 2)
