@@ -24,7 +24,7 @@ from hlrp_lab.spec.spec_util import Mode
 from hlrp_lab.stages.finetune import FinetuneStage
 from hlrp_lab.stages.foundation import check_labels
 from hlrp_lab.stages.laq import load_laq
-from hlrp_lab.stages.rollouts import Rollouts, metaworld_origin
+from hlrp_lab.stages.rollouts import check_simulated, simulated_origin
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.slow
@@ -191,6 +191,32 @@ def test_a_finetuned_policy_runs_closed_loop_in_metaworld(tmp_path, shard_cache,
     assert (run_dir / "graph" / "ft_t0_s0_rollout_reach-v3_0.mp4").stat().st_size > 0
 
 
+def test_a_policy_finetuned_on_procedural_data_runs_closed_loop_in_the_push_world(
+    tmp_path, shard_cache, monkeypatch
+):
+    """Procedural data -> a tiny policy -> rollouts in the push world at each evaluation and in `eval` mode:
+    success per task, the success chart, an mp4; Meta-World's task list is refused."""
+    model = {"vla": TINY_VLA, "latent_head": LATENT, "action_head": {"name": "MLPRegression", "hidden": 32}}
+    spec = vla_spec({"stage": "finetune", "model": model}, shard_cache)
+    spec["train"].update(max_step=4, eval_frequency=4, eval_rollouts=5, pictures=True)
+    spec["rollout"] = {"episodes": 3, "max_steps": 6, "videos": 1}
+    (tmp_path / "specs.json").write_text(json.dumps({"ft": spec}))
+    monkeypatch.chdir(tmp_path)
+    run_dir = run_lab(tmp_path / "specs.json", "ft", Mode("train"), {})
+    run_lab(tmp_path / "specs.json", "ft", Mode("eval", run_dir), {})
+    trained = metrics(run_dir, "ft")
+    assert trained["episodes"] == 5 and 0 <= trained["pc_success"] <= 100
+    assert any(key.startswith("success/push-") for key in trained)
+    evaluated = json.loads((run_dir / "info" / "ft_t0_eval_metrics.json").read_text())["mean"]
+    assert evaluated["episodes"] == 3 and 1 <= evaluated["episode_length"] <= 6
+    assert (run_dir / "graph" / "ft_t0_s0_picture_best_success.png").stat().st_size > 0
+    assert len(list((run_dir / "graph").glob("ft_t0_s0_rollout_push-*_0.mp4"))) == 1
+    saved = json.loads((run_dir / "info" / "ft_t0_spec.json").read_text())["ft"]
+    saved["rollout"]["tasks"] = ["reach-v3"]
+    with pytest.raises(SpecError, match="rollout.tasks: names Meta-World tasks"):
+        FinetuneStage(check_spec(saved), torch.device("cpu"), seed=0)
+
+
 def test_a_frozen_backbone_starts_from_the_foundation_and_only_the_head_trains(chain):
     spec = json.loads((chain["ft"] / "info" / "ft_spec.json").read_text())["ft"]
     spec["model"]["vla"]["freeze"] = True  # a training option: the foundation's block still matches
@@ -202,11 +228,12 @@ def test_a_frozen_backbone_starts_from_the_foundation_and_only_the_head_trains(c
         FinetuneStage(check_spec(spec), torch.device("cpu"), seed=0)
 
 
-def test_closed_loop_needs_data_from_metaworld(chain, tmp_path):
-    assert metaworld_origin([str(tmp_path / "no-manifest-000000.tar")]) is None
-    assert metaworld_origin(shard_urls(chain["labels"])) is None  # labelled procedural data
-    with pytest.raises(SpecError, match="train.eval_rollouts: closed-loop evaluation runs in Meta-World"):
-        Rollouts.check(shard_urls(chain["labels"]))
+def test_closed_loop_needs_data_from_a_simulated_world(chain, tmp_path):
+    assert simulated_origin(shard_urls(chain["labels"]))["source"] == "procedural"  # through the labelling
+    unknown = [str(tmp_path / "no-manifest-000000.tar")]
+    assert simulated_origin(unknown) is None
+    with pytest.raises(SpecError, match="train.eval_rollouts: closed-loop evaluation runs in Meta-World or"):
+        check_simulated(unknown)
 
 
 def test_a_spec_with_a_search_block_still_trains_in_train_mode(chain):

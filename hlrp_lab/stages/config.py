@@ -150,8 +150,8 @@ class FinetuneTrain(Strict):
     )
     eval_rollouts: NonNegativeInt = Field(
         0,
-        description="On Meta-World data: closed-loop episodes per task at each evaluation (0: none; "
-        "`eval` mode uses rollout.episodes). Settings in `rollout`.",
+        description="Closed-loop episodes at each evaluation, on Meta-World data per task, on procedural data in "
+        "all (0: none; `eval` mode uses rollout.episodes). Settings in `rollout`.",
     )
 
 
@@ -171,21 +171,31 @@ class FinetuneData(Strict):
 
 
 class RolloutConfig(Strict):
-    """Closed-loop evaluation in Meta-World, with the camera and image size of the data."""
+    """Closed-loop evaluation in the world of the data: Meta-World (with the camera and image size of the
+    data), or the push world of the procedural data (its scenes, tasks drawn as the data draws them)."""
 
-    episodes: PositiveInt = Field(10, description="`eval` mode: episodes per task, with fixed seeds.")
+    episodes: PositiveInt = Field(
+        10,
+        description="`eval` mode: Meta-World: episodes per task; push world: episodes in all; fixed seeds.",
+    )
     max_steps: PositiveInt = Field(
         MAX_PATH_LENGTH,
         le=MAX_PATH_LENGTH,
-        description="Steps per episode at most (LeRobot's protocol: Meta-World's limit of 500); an episode ends "
-        "at success.",
+        description="Steps per episode at most (LeRobot's protocol: Meta-World's limit of 500; the push world's "
+        "data has episode_length - 1); an episode ends at success.",
     )
     seed: NonNegativeInt = Field(
         1000, description="Evaluation seed: episode i of a task gets a seed from (seed, task, i)."
     )
-    workers: PositiveInt = Field(2, description="Simulator processes stepping episodes in parallel.")
+    workers: PositiveInt = Field(
+        2,
+        description="Meta-World: simulator processes stepping episodes in parallel (the push world steps "
+        "in the run's process).",
+    )
     videos: NonNegativeInt = Field(2, description="Episodes saved as mp4 in graph/.")
-    tasks: list[str] | None = Field(None, description="Tasks to evaluate; null: every task in the data.")
+    tasks: list[str] | None = Field(
+        None, description="Meta-World tasks to evaluate; null: every task in the data (push world: null)."
+    )
     n_action_steps: PositiveInt = Field(
         1,
         description="Actions of each predicted chunk executed before the policy predicts again (LeRobot's "

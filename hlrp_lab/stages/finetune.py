@@ -6,8 +6,9 @@ architecture trains from scratch, the baseline that measures what latent pretrai
 head reads the last hidden states of the latent queries. Actions are scaled to [-1, 1] with the 1st and 99th
 percentiles of the training actions (OpenVLA's normalisation), kept with the weights. Offline metric: the
 mean squared error of the normalised actions on held-out scenes, against predicting the training mean.
-With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in Meta-World, executing
-``rollout.n_action_steps`` actions of each predicted chunk before predicting again.
+With ``train.eval_rollouts`` (and in ``eval`` mode) the policy also runs closed loop in the world of its data
+(Meta-World, or the push world of the procedural data), executing ``rollout.n_action_steps`` actions of each
+predicted chunk before predicting again.
 
 With ``data.use_state`` the policy also reads each frame's proprio state (Meta-World: hand xyz and gripper, as
 LeRobot's ``observation.state``): standardised with the training states' mean and std (kept with the weights),
@@ -42,7 +43,7 @@ from hlrp_lab.lib.runs import RunReference, resolve_reference
 from hlrp_lab.lib.weights import load_weights
 from hlrp_lab.stages import STAGES, pictures
 from hlrp_lab.stages.config import FinetuneConfig
-from hlrp_lab.stages.rollouts import Rollouts, check_action_steps
+from hlrp_lab.stages.rollouts import check_action_steps, check_simulated, rollouts_of_data
 from hlrp_lab.stages.vla import (
     LatentActionVLA,
     VLAStage,
@@ -181,7 +182,7 @@ class FinetuneStage(VLAStage):
         ):
             raise SpecError(no_states(spec["data"]))
         if spec["train"]["eval_rollouts"]:
-            Rollouts.check(urls)
+            check_simulated(urls)
         reference = foundation_reference(spec)
         if reference is not None and not reference_tokenizer_dir(reference).is_dir():
             raise SpecError(
@@ -249,7 +250,7 @@ class FinetuneStage(VLAStage):
         if reference is not None:
             load_weights(self.model.vla, reference.weights, device)
             logger.info(f"finetuning from {reference.weights}")
-        self.rollouts = Rollouts.of_data(spec, urls)
+        self.rollouts = rollouts_of_data(spec, urls)
         self.trace_episodes = trace_episodes(urls, data["val_split"])
         self.traces: list[pictures.Trace] = []  # of the latest evaluation, for draw()
         self.rollout_metrics: dict[str, float] = {}  # likewise: closed-loop success
@@ -328,7 +329,7 @@ class FinetuneStage(VLAStage):
             rates = {
                 key.removeprefix("success/"): v for key, v in rollout.items() if key.startswith("success/")
             }
-            paths.append(pictures.success(path, rates, rollout["success_rate"], self.rollouts.episodes))
+            paths.append(pictures.success(path, rates, rollout["success_rate"], self.rollouts.counted))
         return paths
 
     def predict(

@@ -370,11 +370,11 @@ def action_traces(path: Path, traces: list[Trace]) -> Path:
     return save(figure, path)
 
 
-def success(path: Path, rates: dict[str, float], overall: float, episodes: int) -> Path:
-    """Closed-loop success rate per task (``episodes`` episodes each) and over all episodes."""
+def success(path: Path, rates: dict[str, float], overall: float, episodes: str) -> Path:
+    """Closed-loop success rate per task and over all episodes (``episodes``: how many, e.g. "10 per task")."""
     names, values = [*rates, "all tasks"], [*rates.values(), overall]
     left = 0.2 + text_width(max(names, key=len), 8) / DPI
-    title = f"Closed-loop success ({episodes} episodes per task)"
+    title = f"Closed-loop success ({episodes} episodes)"
     figure, (ax,) = plot_figure(title, (6, 0.3 * len(names) + 1), (left, 0.5, 0.2, 0.35))
     bars = ax.barh(np.arange(len(names)), values, color=["#1f77b4"] * len(rates) + ["#555555"])
     ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)

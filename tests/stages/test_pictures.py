@@ -198,7 +198,7 @@ def test_finetune_draws_action_traces_of_whole_held_out_episodes(finetune_spec, 
 
 def test_the_success_chart_has_a_bar_per_task_and_one_overall(tmp_path):
     rates = {"reach-v3": 1.0, "push-v3": 0.4, "pick-place-v3": 0.0}
-    path = pictures.success(tmp_path / "success.png", rates, overall=0.466, episodes=5)
+    path = pictures.success(tmp_path / "success.png", rates, overall=0.466, episodes="5 per task")
     image = check_png(path)
     blue = (np.abs(image.astype(int) - [31, 119, 180]).sum(-1) < 30).sum(0)  # bar pixels per column
     grey = (np.abs(image.astype(int) - [85, 85, 85]).sum(-1) < 30).sum(0)
