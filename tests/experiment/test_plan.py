@@ -311,4 +311,3 @@ def test_plan_of_the_7b_specs():
 
     code, out = plan(FOUNDATION, "vla_7b", "--gpus", "1")
     assert "does not fit" in out and "model.vla.lora" in out
-

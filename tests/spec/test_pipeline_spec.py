@@ -62,7 +62,9 @@ def test_the_shipped_pipelines_validate_with_their_steps_specs():
     assert step_sets(fewer, "bc_scratch_k10", {})["rollout.episodes"] == 5  # -s wins over the default
     gpu = read_pipeline(PIPELINES, "study_mw_gpu", {"shards": "data/shards/mw"})
     check_steps(gpu)
-    vlas = {step_sets(gpu, name, {"foundation": "data/vla"})["model.vla"]["pretrained"] for name in ARMS_K5_GPU}
+    vlas = {
+        step_sets(gpu, name, {"foundation": "data/vla"})["model.vla"]["pretrained"] for name in ARMS_K5_GPU
+    }
     assert vlas == {"HuggingFaceTB/SmolVLM-256M-Instruct"}  # both arms start from the same pretrained VLM
     debug = read_pipeline(PIPELINES, "chain_debug", {})
     assert debug.steps["bc_debug"].spec_name == "ft_debug" and debug.steps["bc_debug"].sets == {

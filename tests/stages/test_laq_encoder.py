@@ -173,7 +173,9 @@ def test_the_dry_build_checks_the_laq_run_without_loading_it(laq_run, action_sha
     spec = check_spec(
         {**spec, "model": {**spec["model"], "vla": {**spec["model"]["vla"], "image_size": 2 * SIZE}}}
     )
-    with pytest.raises(SpecError, match=r"^model\.vla\.image_size: 64, but the LAQ run laq_\S+ has 32; leave"):
+    with pytest.raises(
+        SpecError, match=r"^model\.vla\.image_size: 64, but the LAQ run laq_\S+ has 32; leave"
+    ):
         dry_build(spec)
 
 
