@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from hlrp_lab.lib.errors import SpecError
+from hlrp_lab.lib.parent import die_with_parent
 from hlrp_lab.lib.weights import WRAPPER_PREFIX
 from hlrp_lab.lib.world import World
 from hlrp_lab.stages import STAGES
@@ -45,6 +46,7 @@ def process_group(spec: dict) -> Iterator[World]:
     if not world.distributed or dist.is_initialized():
         yield World.current()
         return
+    die_with_parent()  # a launcher killed with SIGKILL leaves no rank behind
     cuda = torch.cuda.is_available() and spec["train"]["device"] != "cpu"
     if cuda:
         torch.cuda.set_device(world.local_rank)

@@ -11,6 +11,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -185,7 +186,7 @@ def rank_pid(workdir: Path, rank: int, started: float, timeout: float) -> tuple[
     raise AssertionError(f"rank {rank} did not start training within {timeout} s")
 
 
-# Checkpoints every 10 steps: the SIGKILL after the first (seen by polling) leaves several steps to resume even
+# Checkpoints every 10 steps: a SIGKILL or SIGUSR1 after the first (seen by polling) leaves steps to resume even
 # when this machine is busy and the poll is late.
 VLA_STEPS = 50
 
@@ -243,9 +244,33 @@ def test_fsdp_vla_resumes_on_one_and_two_ranks_after_sigkill(workdir, tmp_path):
         assert evaluated[key] == pytest.approx(best["metrics"][key], rel=1e-5), key
 
 
+def assert_ranks_end(run_dir: Path, timeout: float = 10) -> None:
+    """Every rank of the run (pids from their logs) ends soon after its launcher: torchrun gives each rank a
+    session of its own, so only the rank's own parent-death signal stops it writing on into the run."""
+    pids = {
+        int(pid)
+        for log in (run_dir / "log").glob("*_rank*.log")
+        for pid in re.findall(r"rank \d+/\d+ \(pid (\d+)\)", log.read_text())
+    }
+    assert len(pids) == 2, pids
+    deadline = time.monotonic() + timeout
+    while (alive := {pid for pid in pids if is_running(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"ranks {alive} outlived their killed launcher"
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (an orphan waits for whoever adopted it to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def sigkill_after_first_checkpoint(workdir: Path, args: list[str]) -> Path:
-    """Start the run, SIGKILL the launcher and its ranks once the first `last` checkpoint is committed;
-    the run directory."""
+    """Start the run, SIGKILL the launcher's process group once the first `last` checkpoint is committed (its
+    ranks must end with it); the run directory."""
     started = time.time()
     proc = start_lab(args, workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -259,6 +284,7 @@ def sigkill_after_first_checkpoint(workdir: Path, args: list[str]) -> Path:
             if states:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+                assert_ranks_end(states[0].parents[1])
                 return states[0].parents[1]
             time.sleep(0.05)
     finally:
@@ -293,7 +319,7 @@ def test_lora_on_a_pretrained_base_stops_on_sigusr1_on_two_ranks_and_resumes(wor
         lab(*laq_args(), cwd=workdir)  # the LAQ run whose codes label vla_debug's data
     base = lora_base(tmp_path / "base")
     lora = ["-s", f"model.vla.pretrained={base}", "-s", 'model.vla.lora={"r": 4, "alpha": 8}']
-    args = [*vla_args(*lora, "--nproc-per-node", "2"), "-s", "train.max_step=40"]
+    args = vla_args(*lora, "--nproc-per-node", "2")
     started = time.time()
     proc = start_lab(args, workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -318,11 +344,13 @@ def test_lora_on_a_pretrained_base_stops_on_sigusr1_on_two_ranks_and_resumes(wor
     )
     status = json.loads((run_dir / "info" / "status.json").read_text())
     stopped = torch_load(state_file)
-    assert status["status"] == "interrupted" and f"at step {stopped['step']} of 40" in status["error"]
-    assert stopped["base"]["base_model"] == base and 0 < stopped["step"] < 40
+    assert (
+        status["status"] == "interrupted" and f"at step {stopped['step']} of {VLA_STEPS}" in status["error"]
+    )
+    assert stopped["base"]["base_model"] == base and 0 < stopped["step"] < VLA_STEPS
 
     lab("run", FOUNDATION, "vla_debug", f"train@{run_dir}", "--nproc-per-node", "2", cwd=workdir)
-    assert last_row(run_dir, "vla_debug")["step"] == 40
+    assert last_row(run_dir, "vla_debug")["step"] == VLA_STEPS
     rank0 = (run_dir / "log" / "vla_debug_t0_s0_rank0.log").read_text()
     assert f"resumed from step {stopped['step']} on 2 rank(s)" in rank0
 
