@@ -58,6 +58,12 @@ def test_the_shipped_pipelines_validate_with_their_steps_specs():
     finetune = step_sets(pipeline, "finetune_k1", {"foundation": "data/vla"})
     assert finetune["meta.max_session"] == 3 and finetune["data.max_episodes"] == 1
     assert finetune["rollout.episodes"] == 10  # the pipeline's default of ${episodes}
+    assert pipeline.steps["laq"].spec_name == "laq_mw_cpu"  # the default of ${laq_spec}
+    searched = {"shards": "data/shards/mw", "laq_spec": "laq_mw_searched", "foundation.data.offsets": [8]}
+    with_search = read_pipeline(PIPELINES, "study_mw", searched)
+    check_steps(with_search)  # the searched LAQ labels pairs (t, t+8): the foundation follows
+    assert with_search.steps["laq"].spec_name == "laq_mw_searched"
+    assert step_sets(with_search, "foundation", {"laq": "data/laq"})["data.offsets"] == [8]
     fewer = read_pipeline(PIPELINES, "study_mw", {"shards": "data/shards/mw", "episodes": 5})
     assert step_sets(fewer, "bc_scratch_k10", {})["rollout.episodes"] == 5  # -s wins over the default
     gpu = read_pipeline(PIPELINES, "study_mw_gpu", {"shards": "data/shards/mw"})
