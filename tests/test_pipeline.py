@@ -24,7 +24,7 @@ from hlrp_lab.spec.spec_util import Mode
 from hlrp_lab.stages.finetune import FinetuneStage
 from hlrp_lab.stages.foundation import check_labels
 from hlrp_lab.stages.laq import load_laq
-from hlrp_lab.stages.rollouts import check_simulated, simulated_origin
+from hlrp_lab.stages.rollouts import PushRollouts, check_simulated, simulated_origin
 from tests.conftest import tiny_spec_dict
 
 pytestmark = pytest.mark.slow
@@ -212,6 +212,9 @@ def test_a_policy_finetuned_on_procedural_data_runs_closed_loop_in_the_push_worl
     assert (run_dir / "graph" / "ft_t0_s0_picture_best_success.png").stat().st_size > 0
     assert len(list((run_dir / "graph").glob("ft_t0_s0_rollout_push-*_0.mp4"))) == 1
     saved = json.loads((run_dir / "info" / "ft_t0_spec.json").read_text())["ft"]
+    old_world = {"source": "procedural", "source_args": {"num_objects": 2}, "image_size": 32, "generator": 1}
+    with pytest.raises(SpecError, match=r"older push world \(generator 1, now 2\)"):
+        PushRollouts(check_spec(saved), old_world)
     saved["rollout"]["tasks"] = ["reach-v3"]
     with pytest.raises(SpecError, match="rollout.tasks: names Meta-World tasks"):
         FinetuneStage(check_spec(saved), torch.device("cpu"), seed=0)
@@ -229,7 +232,8 @@ def test_a_frozen_backbone_starts_from_the_foundation_and_only_the_head_trains(c
 
 
 def test_closed_loop_needs_data_from_a_simulated_world(chain, tmp_path):
-    assert simulated_origin(shard_urls(chain["labels"]))["source"] == "procedural"  # through the labelling
+    origin = simulated_origin(shard_urls(chain["labels"]))  # through the labelling
+    assert origin["source"] == "procedural" and origin["generator"] == 2
     unknown = [str(tmp_path / "no-manifest-000000.tar")]
     assert simulated_origin(unknown) is None
     with pytest.raises(SpecError, match="train.eval_rollouts: closed-loop evaluation runs in Meta-World or"):

@@ -57,7 +57,9 @@ class LabelSource:
                 "num_tokens": num_tokens,
                 "quantizer": laq["model"]["quantizer"]["name"],
             },
-            "parent": {k: self.parent.get(k) for k in ("source", "source_args", "image_size", "parent")},
+            "parent": {
+                k: self.parent.get(k) for k in ("source", "source_args", "image_size", "generator", "parent")
+            },
         }
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ import numpy as np
 from loguru import logger
 
 from hlrp_lab.data.shards import manifest_of
+from hlrp_lab.data.sources.procedural import ProceduralSource
 from hlrp_lab.env.metaworld_tasks import LEROBOT_CAMERA, resolve_tasks
 from hlrp_lab.lib.errors import SpecError
 from hlrp_lab.lib.layout import RunLayout
@@ -90,6 +91,13 @@ class PushRollouts:
             raise SpecError(
                 "rollout.tasks: names Meta-World tasks, and this data comes from the push world, whose "
                 "episodes draw their tasks; set it to null"
+            )
+        generator = ProceduralSource.manifest_extra["generator"]
+        if origin.get("generator") != generator:
+            raise SpecError(
+                f"train.eval_rollouts: the data comes from an older push world (generator "
+                f"{origin.get('generator', 1)}, now {generator}), whose scenes the rollouts cannot replay; "
+                "generate the data again (a new data.cache_dir or `hlrp-lab data procedural`) or set it to 0"
             )
         self.image_size, self.num_objects = origin["image_size"], origin["source_args"]["num_objects"]
         self.episodes, self.settings = spec["train"]["eval_rollouts"], settings
