@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from hlrp_lab.data.sources.procedural import generate_episode
-from hlrp_lab.env.push_eval import PUSH_DISTANCE, PushObservation, evaluate_push, random_policy, scripted_policy
+from hlrp_lab.env.push_eval import (
+    PUSH_DISTANCE,
+    PushObservation,
+    evaluate_push,
+    random_policy,
+    scripted_policy,
+)
 from hlrp_lab.env.push_world import episode_seed
 
 SETTINGS = {"image_size": 32, "num_objects": 3, "max_steps": 23, "seed": 1000}
