@@ -43,7 +43,6 @@ class PushEpisode:
     """One episode under way: its task, where the target block started, the actions planned ahead."""
 
     index: int
-    seed: int
     task: PushTask
     start: np.ndarray
     record: bool
@@ -61,7 +60,7 @@ class PushEpisode:
 
 def start_episode(index: int, seed: int, image_size: int, num_objects: int, record: bool) -> PushEpisode:
     task = new_task(np.random.default_rng(seed), image_size, num_objects)
-    episode = PushEpisode(index, seed, task, task.scene.blocks[task.target].copy(), record)
+    episode = PushEpisode(index, task, task.scene.blocks[task.target].copy(), record)
     if record:
         episode.frames.append(task.scene.render())
     return episode
@@ -82,14 +81,14 @@ def evaluate_push(
 ) -> dict[str, float]:
     """Success of ``policy`` over ``episodes`` seeded episodes of at most ``max_steps`` steps; the first
     ``videos`` episodes are written as ``{video_prefix}_{task}_{i}.mp4``."""
-    if min(episodes, max_steps, action_steps) < 1 or not 1 <= num_objects:
+    if min(episodes, max_steps, action_steps, num_objects) < 1:
         raise ValueError("evaluate_push: episodes, max_steps, action_steps and num_objects must be >= 1")
     if videos and video_prefix is None:
         raise ValueError("evaluate_push: videos need a video_prefix")
     runs = [
         start_episode(i, episode_seed(seed, i), image_size, num_objects, i < videos) for i in range(episodes)
     ]
-    bar = tqdm(total=episodes, desc="evaluating", unit="episode", disable=not progress)
+    bar = tqdm(total=max_steps, desc=f"evaluating {episodes} episodes", unit="step", disable=not progress)
     for _ in range(max_steps):
         active = [run for run in runs if not run.success]
         if not active:
@@ -102,8 +101,8 @@ def evaluate_push(
                 run.plan.extend(chunk)
         for run in active:
             step(run)
-            if run.success:
-                bar.update()
+        bar.update()
+        bar.set_postfix(success=sum(run.success for run in runs))
     bar.close()
     for run in runs:
         if run.record and video_prefix is not None:
