@@ -48,7 +48,7 @@ from hlrp_lab.env.metaworld_sim import (
     share_cores,
 )
 from hlrp_lab.env.metaworld_tasks import DIFFICULTY_GROUPS, MAX_PATH_LENGTH, TASK_DESCRIPTIONS, task_group
-from hlrp_lab.env.policy_output import checked_actions, write_video
+from hlrp_lab.env.policy_output import checked_actions, success_metrics, write_video
 from hlrp_lab.lib.errors import RunError, first_line
 from hlrp_lab.lib.world import World
 
@@ -196,22 +196,8 @@ def batch(observation: dict[str, np.ndarray], slots: list[Slot], active: list[in
 def metrics(results: list[Result], tasks: list[str]) -> dict[str, float]:
     """Success over every episode, per task and per difficulty group (the groups of ``tasks``), as rates and as
     LeRobot's percentages; the mean episode length and the number of episodes."""
-    success = {task: [r.success for r in results if r.job.task == task] for task in tasks}
-    grouped = {
-        group: [s for task in tasks if task_group(task) == group for s in success[task]]
-        for group in DIFFICULTY_GROUPS
-    }
-    groups = {group: 100 * float(np.mean(values)) for group, values in grouped.items() if values}
-    return {
-        "success_rate": float(np.mean([r.success for r in results])),
-        **{f"success/{task}": float(np.mean(values)) for task, values in success.items()},
-        "pc_success": 100 * float(np.mean([r.success for r in results])),
-        **{f"pc_success/{task}": 100 * float(np.mean(values)) for task, values in success.items()},
-        **{f"pc_success/{group}": rate for group, rate in groups.items()},
-        "pc_success_group_mean": float(np.mean(list(groups.values()))),
-        "episode_length": float(np.mean([r.steps for r in results])),
-        "episodes": float(len(results)),
-    }
+    outcomes = [(r.job.task, r.success, r.steps) for r in results]
+    return success_metrics(outcomes, tasks, task_group, DIFFICULTY_GROUPS)
 
 
 def evaluate_policy(

@@ -1,5 +1,7 @@
-"""What a closed-loop evaluator does with a policy's output: check and clip its actions, record videos."""
+"""What a closed-loop evaluator does with a policy's output: check and clip its actions, record videos, and
+sum up the episodes' success."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +43,31 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> N
             big = np.ascontiguousarray(frame.repeat(scale, axis=0).repeat(scale, axis=1))
             container.mux(stream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")))
         container.mux(stream.encode())
+
+
+def success_metrics(
+    outcomes: list[tuple[str, bool, int]],
+    tasks: list[str],
+    group_of: Callable[[str], str] | None = None,
+    groups: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """``(task, success, steps)`` of every episode: success over all of them and per task of ``tasks`` (and, with
+    ``group_of``, per group of ``groups`` that has tasks, and the mean of those groups), as rates and as
+    LeRobot's percentages; the mean episode length and the number of episodes."""
+    success = {task: [ok for name, ok, _ in outcomes if name == task] for task in tasks}
+    grouped = {
+        group: [ok for task in tasks if group_of(task) == group for ok in success[task]]
+        for group in (groups if group_of else ())
+    }
+    group_rates = {group: 100 * float(np.mean(values)) for group, values in grouped.items() if values}
+    overall = float(np.mean([ok for _, ok, _ in outcomes]))
+    return {
+        "success_rate": overall,
+        **{f"success/{task}": float(np.mean(values)) for task, values in success.items()},
+        "pc_success": 100 * overall,
+        **{f"pc_success/{task}": 100 * float(np.mean(values)) for task, values in success.items()},
+        **{f"pc_success/{group}": rate for group, rate in group_rates.items()},
+        **({"pc_success_group_mean": float(np.mean(list(group_rates.values())))} if group_of else {}),
+        "episode_length": float(np.mean([steps for _, _, steps in outcomes])),
+        "episodes": float(len(outcomes)),
+    }

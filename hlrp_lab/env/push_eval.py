@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hlrp_lab.env.policy_output import checked_actions, write_video
+from hlrp_lab.env.policy_output import checked_actions, success_metrics, write_video
 from hlrp_lab.env.push_world import ACTION_SIZE, PushTask, episode_seed, new_task, scripted_action
 
 PUSH_DISTANCE = 0.1  # of the image side: 6.4 px at 64 px, more than a step of the agent
@@ -107,7 +107,8 @@ def evaluate_push(
     for run in runs:
         if run.record and video_prefix is not None:
             write_video(Path(f"{video_prefix}_{run.task.task}_{run.index}.mp4"), run.frames)
-    return push_metrics(runs)
+    outcomes = [(run.task.task, run.success, run.steps) for run in runs]
+    return success_metrics(outcomes, sorted({run.task.task for run in runs}))
 
 
 def observe(tasks: list[PushTask]) -> PushObservation:
@@ -122,22 +123,6 @@ def step(run: PushEpisode) -> None:
     run.success = run.pushed >= PUSH_DISTANCE
     if run.record:
         run.frames.append(run.task.scene.render())
-
-
-def push_metrics(runs: list[PushEpisode]) -> dict[str, float]:
-    """Success over every episode and per task, as rates and as LeRobot-style percentages; the mean episode
-    length and the number of episodes."""
-    success = np.array([run.success for run in runs], dtype=float)
-    tasks = sorted({run.task.task for run in runs})
-    by_task = {task: float(np.mean([run.success for run in runs if run.task.task == task])) for task in tasks}
-    return {
-        "success_rate": float(success.mean()),
-        **{f"success/{task}": rate for task, rate in by_task.items()},
-        "pc_success": 100 * float(success.mean()),
-        **{f"pc_success/{task}": 100 * rate for task, rate in by_task.items()},
-        "episode_length": float(np.mean([run.steps for run in runs])),
-        "episodes": float(len(runs)),
-    }
 
 
 def scripted_policy(seed: int) -> PushPolicy:
