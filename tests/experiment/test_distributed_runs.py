@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.processes import is_running
+
 ROOT = Path(__file__).parents[2]
 LAQ, FOUNDATION = str(ROOT / "specs" / "laq.json"), str(ROOT / "specs" / "foundation.json")
 # One session, few held-out pairs (each evaluation goes through all of them) and a log row every 5 steps.
@@ -257,15 +259,6 @@ def assert_ranks_end(run_dir: Path, timeout: float = 10) -> None:
     while (alive := {pid for pid in pids if is_running(pid)}) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, f"ranks {alive} outlived their killed launcher"
-
-
-def is_running(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (an orphan waits for whoever adopted it to reap it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def sigkill_after_first_checkpoint(workdir: Path, args: list[str]) -> Path:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import is_running
+
 CHILD = """
 import subprocess, sys
 grandchild = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], start_new_session=True)
@@ -25,14 +27,6 @@ if sys.argv[2] == "1":
 Path(sys.argv[1]).write_text("ready")
 time.sleep(60)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def grandchild_after_killing_its_parent(tmp_path: Path, die: bool) -> bool:
@@ -52,11 +46,11 @@ def grandchild_after_killing_its_parent(tmp_path: Path, die: bool) -> bool:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         deadline = time.monotonic() + 3
-        while alive(pid) and time.monotonic() < deadline:
+        while is_running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return alive(pid)
+        return is_running(pid)
     finally:
-        if alive(pid):
+        if is_running(pid):
             os.kill(pid, signal.SIGKILL)
 
 
